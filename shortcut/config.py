@@ -1,0 +1,169 @@
+"""Configuration dataclasses (model, objective, training) and the model presets."""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+# name -> (hidden_size, depth, num_heads); patch size comes from the "/p" suffix (DiT naming).
+PRESETS = {
+    "DiT-S": (384, 12, 6),
+    "DiT-B": (768, 12, 12),
+    "DiT-L": (1024, 24, 16),
+    "DiT-XL": (1152, 28, 16),    # head_dim 72
+    # CPU sizes. "digits" is the SPEC §5 prototype (1.2 M parameters on 8×8 digits).
+    "tiny": (32, 2, 2),
+    "digits": (128, 4, 4),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and behaviour of a ShortcutDiT.
+
+    Defaults follow DiT (Peebles & Xie): attention scale 1/√head_dim, adaLN-Zero, t fed to the sinusoids
+    as 1000·t. They are the better-studied choices for a DiT backbone and what pretrained-DiT users
+    expect. `ModelConfig.preset(..., official=True)` reproduces the official shortcut-models network:
+    q scaled by 1/head_dim, xavier-initialised adaLN, raw t ∈ [0, 1] into the sinusoids.
+    """
+    input_size: int = 32          # latent / image side (H = W)
+    in_channels: int = 4
+    num_classes: int = 1000       # label table has num_classes + 1 rows; the last is the null label
+    patch_size: int = 2
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    freq_dim: int = 256           # sinusoidal feature size of the t- and k-embedders
+    attn_scale: str = "sqrt"      # "sqrt": q·k/√head_dim (DiT); "head_dim": q·k/head_dim (official)
+    adaln_init: str = "zero"      # "zero": adaLN-Zero (DiT); "xavier": official
+    t_scale: float = 1000.0       # sinusoids see t·t_scale; official 1.0, DiT 1000 (t in DDPM steps)
+    eps: float = 1e-6             # LayerNorm epsilon (no affine), both DiT and official
+
+    def __post_init__(self):
+        for name in ("input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"ModelConfig.num_classes must be an int >= 0, got {self.num_classes!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"ModelConfig.input_size ({self.input_size}) must be divisible by "
+                             f"patch_size ({self.patch_size})")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"ModelConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_heads ({self.num_heads})")
+        if self.attn_scale not in ("sqrt", "head_dim"):
+            raise ValueError(f"ModelConfig.attn_scale must be 'sqrt' or 'head_dim', got {self.attn_scale!r}")
+        if self.adaln_init not in ("zero", "xavier"):
+            raise ValueError(f"ModelConfig.adaln_init must be 'zero' or 'xavier', got {self.adaln_init!r}")
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_tokens(self):
+        return (self.input_size // self.patch_size) ** 2
+
+    @classmethod
+    def preset(cls, name, official=False, **overrides):
+        """`ModelConfig.preset("DiT-B/2", input_size=32, in_channels=4, num_classes=1000)`.
+
+        Names: DiT-S, DiT-B, DiT-L, DiT-XL, tiny, digits, each optionally with "/p" for the patch size
+        (default 2). `official=True` switches to the official shortcut-models network quirks.
+        """
+        base, _, patch = name.partition("/")
+        if base not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of "
+                             f"{sorted(PRESETS)} optionally followed by /2, /4 or /8")
+        hidden, depth, heads = PRESETS[base]
+        kw = dict(hidden_size=hidden, depth=depth, num_heads=heads, patch_size=int(patch) if patch else 2)
+        if base == "digits":
+            kw.update(input_size=8, in_channels=1, num_classes=10)
+        if official:
+            kw.update(attn_scale="head_dim", adaln_init="xavier", t_scale=1.0)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective. Defaults are the official shortcut-models settings (SPEC §1)."""
+    objective: str = "shortcut"        # "shortcut" or "flow" (plain flow matching, the baseline)
+    denoise_timesteps: int = 128       # M, the finest step count; levels k = 0 .. log2 M
+    bootstrap_fraction: float = 0.125  # share of each batch used for self-consistency targets (official 1/8)
+    class_dropout_prob: float = 0.1    # flow items' labels replaced by the null label with this probability
+    bootstrap_cfg: bool = False        # guided targets at the finest bootstrap level (official for ImageNet)
+    bootstrap_cfg_scale: float = 1.5
+    clip: float = 4.0                  # bootstrap x2 and targets clipped to ±clip
+    sigma_min: float = 1e-5            # x_t = (1 - (1 - sigma_min)·t)·x0 + t·x1
+
+    def __post_init__(self):
+        if self.objective not in ("shortcut", "flow"):
+            raise ValueError(f"ObjectiveConfig.objective must be 'shortcut' or 'flow', got {self.objective!r}")
+        m = self.denoise_timesteps
+        if not isinstance(m, int) or m < 2 or m & (m - 1):
+            raise ValueError(f"ObjectiveConfig.denoise_timesteps must be a power of two >= 2, got {m!r}")
+        if not 0.0 <= self.bootstrap_fraction < 1.0:
+            raise ValueError(f"ObjectiveConfig.bootstrap_fraction must be in [0, 1), got {self.bootstrap_fraction!r}")
+        if not 0.0 <= self.class_dropout_prob <= 1.0:
+            raise ValueError(f"ObjectiveConfig.class_dropout_prob must be in [0, 1], got {self.class_dropout_prob!r}")
+        if self.clip <= 0:
+            raise ValueError(f"ObjectiveConfig.clip must be > 0, got {self.clip!r}")
+
+    @property
+    def max_level(self):
+        """log2 M: the level of the finest step (flow items are conditioned on it)."""
+        return int(math.log2(self.denoise_timesteps))
+
+
+@dataclass
+class TrainConfig:
+    """Everything `shortcut.train` needs; saved inside every checkpoint."""
+    data: str = "digits"               # digits | checkerboard | moons | 8gaussians
+    preset: str = "digits"             # ModelConfig preset (image data) or "mlp" (2-D data)
+    official: bool = False             # official-network quirks (ModelConfig.preset(official=True))
+    model_overrides: dict = field(default_factory=dict)   # ModelConfig fields, e.g. {"depth": 2}
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.1
+    ema_decay: float = 0.999
+    targets: str = "ema"               # bootstrap targets from "ema" weights (official) or the "live" model
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    precision: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    kernels: str = "auto"              # ShortcutDiT kernels switch
+    out_dir: str = "runs/digits"
+    log_every: int = 50
+    sample_every: int = 0              # 0: a sample grid at the end only
+    ckpt_every: int = 500
+    resume: bool = False               # continue from out_dir/checkpoint.pt
+    threads: int = 0                   # torch CPU threads; 0 leaves torch's default
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.objective, dict):
+            self.objective = ObjectiveConfig(**self.objective)
+        self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if self.targets not in ("ema", "live"):
+            raise ValueError(f"TrainConfig.targets must be 'ema' or 'live', got {self.targets!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"TrainConfig.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)

@@ -1,0 +1,289 @@
+"""ShortcutDiT: a DiT conditioned on the noise level t, the step level k and the class label y.
+
+`c = emb_t(t) + emb_k(k) + emb_y(y)` drives every block's adaLN. The forward pass is written so that each
+sub-block's gated residual is fused with the next sub-block's norm (`gated_adaln`); `kernels="torch"`
+runs the readable references of those ops, `kernels="triton"` the fused kernels, with the same weights.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shortcut_kernels import adaln_modulate_ref, gated_adaln_ref, timestep_embedding_ref
+
+from .config import ModelConfig
+
+KERNELS = ("auto", "triton", "torch")
+ATTENTION = ("auto", "sdpa", "triton", "flash_attn", "torch")
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar (t or the step level k) -> (B, D): sinusoidal features then a SiLU MLP."""
+
+    def __init__(self, hidden_size, freq_dim=256, scale=1.0):
+        super().__init__()
+        self.freq_dim, self.scale = freq_dim, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t):
+        f = timestep_embedding_ref(t.float() * self.scale, self.freq_dim)   # (B, freq_dim)
+        return self.mlp(f.to(self.mlp[0].weight.dtype))                      # (B, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> (B, D). Row num_classes is the null label (classifier-free guidance)."""
+
+    def __init__(self, num_classes, hidden_size):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, y):
+        return self.embedding_table(y)                                       # (B, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (timm/DiT layout)."""
+
+    def __init__(self, dim, num_heads, scale):
+        super().__init__()
+        self.num_heads, self.scale = num_heads, scale
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, backend="sdpa"):
+        B, T, D = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads)   # (B, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                            # 3 × (B, H, T, Dh)
+        o = _attention(q, k, v, self.scale, backend)                              # (B, H, T, Dh)
+        return self.proj(o.transpose(1, 2).reshape(B, T, D))                     # (B, T, D)
+
+
+def _attention(q, k, v, scale, backend):
+    if backend == "torch":
+        return _attention_torch(q, k, v, scale)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    from shortcut_kernels import attention   # triton / flash_attn backends live with the kernels
+    return attention(q, k, v, scale=scale, backend=backend)
+
+
+def _attention_torch(q, k, v, scale):
+    p = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)   # (B, H, T, T), same dtype as q
+    return p @ v
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """Attention and MLP sub-blocks, each modulated (shift, scale) and gated by c.
+
+    Maths (DiT): x += gate_msa·attn(mod(LN(x), shift_msa, scale_msa));
+                 x += gate_mlp·mlp(mod(LN(x), shift_mlp, scale_mlp)).
+    The norms and residuals are applied by ShortcutDiT.forward so they can fuse across blocks.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio, attn_scale):
+        super().__init__()
+        self.attn = Attention(dim, num_heads, attn_scale)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+
+class FinalLayer(nn.Module):
+    """Modulated norm then a linear map from tokens to patches."""
+
+    def __init__(self, dim, patch_size, out_channels):
+        super().__init__()
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+
+class ShortcutDiT(nn.Module):
+    """The shortcut model s(x_t, t, k, y) -> v̂.
+
+    x (B, C, H, W); t (B,) float in [0, 1] (0 = noise, 1 = data); k (B,) int step level (steps = 2^k);
+    y (B,) long in [0, num_classes], num_classes meaning "no label".
+    kernels: "torch" (references), "triton" (fused kernels), "auto" (Triton on CUDA tensors).
+    attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are, else SDPA).
+    """
+
+    def __init__(self, cfg: ModelConfig, kernels="auto", attention="auto"):
+        super().__init__()
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        self.cfg, self.kernels, self.attention = cfg, kernels, attention
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
+        self.t_embedder = TimestepEmbedder(D, cfg.freq_dim, cfg.t_scale)
+        self.k_embedder = TimestepEmbedder(D, cfg.freq_dim, 1.0)   # raw integer level, as the official code
+        self.y_embedder = LabelEmbedder(cfg.num_classes, D)
+        pos = get_2d_sincos_pos_embed(D, cfg.input_size // p)
+        self.register_buffer("pos_embed", torch.from_numpy(pos).float()[None], persistent=False)
+        scale = cfg.head_dim ** -0.5 if cfg.attn_scale == "sqrt" else cfg.head_dim ** -1.0
+        self.blocks = nn.ModuleList(DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, scale) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self.initialize_weights()
+
+    @property
+    def num_classes(self):
+        return self.cfg.num_classes
+
+    @property
+    def null_label(self):
+        return self.cfg.num_classes
+
+    def initialize_weights(self):
+        # Linear layers: xavier-uniform weights, zero biases (DiT, official).
+        def _basic_init(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.apply(_basic_init)
+        # Patch embedding: like a Linear over the flattened patch.
+        w = self.x_embedder.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        # Label table and the embedders' MLPs: N(0, 0.02).
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for emb in (self.t_embedder, self.k_embedder):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        # Block adaLN: zero (adaLN-Zero: every block starts as the identity) or xavier (official).
+        if self.cfg.adaln_init == "zero":
+            for block in self.blocks:
+                nn.init.zeros_(block.adaLN_modulation[-1].weight)
+                nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # Final layer: zero, so the initial prediction is v̂ = 0 (both DiT and official).
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------------------------------------
+    def uses_triton(self, x):
+        return self.kernels == "triton" or (self.kernels == "auto" and x.is_cuda)
+
+    def attention_backend(self, x):
+        if self.attention != "auto":
+            return self.attention
+        return "triton" if self.uses_triton(x) else "sdpa"
+
+    def embed(self, t, k, y):
+        """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D)."""
+        return self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
+
+    def modulations(self, c):
+        """All adaLN vectors from c: a list of depth (B, 6D) tensors, then the final layer's (B, 2D)."""
+        mods = [block.adaLN_modulation(c) for block in self.blocks]
+        return mods + [self.final_layer.adaLN_modulation(c)]
+
+    def forward(self, x, t, k, y):
+        self.check_inputs(x, t, k, y)
+        fused = self.uses_triton(x)
+        if fused:
+            from shortcut_kernels import adaln_modulate, gated_adaln
+        else:
+            adaln_modulate, gated_adaln = adaln_modulate_ref, gated_adaln_ref
+        backend, eps = self.attention_backend(x), self.cfg.eps
+        x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed   # (B, T, D)
+        mods = self.modulations(self.embed(t, k, y))                         # depth × (B, 6D), (B, 2D)
+        shift, scale = mods[0].chunk(6, dim=1)[:2]
+        h = adaln_modulate(x, shift, scale, eps)                              # (B, T, D) input to attn 0
+        for i, block in enumerate(self.blocks):
+            _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[i].chunk(6, dim=1)   # 6 × (B, D)
+            x, h = gated_adaln(x, block.attn(h, backend), gate_msa, shift_mlp, scale_mlp, eps)
+            shift, scale = mods[i + 1].chunk(6 if i + 1 < len(self.blocks) else 2, dim=1)[:2]
+            x, h = gated_adaln(x, block.mlp(h), gate_mlp, shift, scale, eps)  # h: next block's attn input
+        return self.unpatchify(self.final_layer.linear(h))                    # (B, C, H, W)
+
+    def unpatchify(self, x):
+        """(B, T, p·p·C) -> (B, C, H, W)."""
+        c, p = self.cfg.in_channels, self.cfg.patch_size
+        h = w = int(math.isqrt(x.shape[1]))
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def check_inputs(self, x, t, k, y):
+        cfg = self.cfg
+        want = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x must have shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        B = x.shape[0]
+        for name, v in (("t", t), ("k", k), ("y", y)):
+            if not isinstance(v, torch.Tensor) or v.shape != (B,):
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"{name} must be a tensor of shape ({B},) (one per sample), got {got}")
+            if v.device != x.device:
+                raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
+        if not t.is_floating_point():
+            raise TypeError(f"t must be a floating-point tensor (noise level in [0, 1]), got {t.dtype}")
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise TypeError(f"k must be an integer tensor (step level log2(steps)), got {k.dtype}")
+        if y.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"y must be an int64 tensor of class labels, got {y.dtype}")
+        # Value checks need the data on the host: cheap on CPU; skipped on GPU (a sync per forward would
+        # dominate batch-1 latency) and under compile/graph capture. sample() checks labels once instead.
+        if y.device.type == "cpu" and not torch.compiler.is_compiling() and B:
+            if int(y.min()) < 0 or int(y.max()) > cfg.num_classes:
+                raise ValueError(f"y must hold labels in [0, {cfg.num_classes}] ({cfg.num_classes} = null), "
+                                 f"got values in [{int(y.min())}, {int(y.max())}]")
+
+
+def get_2d_sincos_pos_embed(dim, grid_size):
+    """Fixed 2-D sin-cos position embedding (MAE/DiT): (grid_size², dim) float64 numpy array."""
+    gh, gw = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+    grid = [gw, gh]   # DiT's order: first half of the channels encodes w, second half h
+
+    def _1d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)                      # (M, d/2)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)               # (M, d)
+
+    emb = np.concatenate([_1d(dim // 2, grid[0]), _1d(dim // 2, grid[1])], axis=1)
+    if emb.shape[1] < dim:   # odd dims: pad
+        emb = np.concatenate([emb, np.zeros((emb.shape[0], dim - emb.shape[1]))], axis=1)
+    return emb
+
+
+class ShortcutMLP(nn.Module):
+    """A small residual MLP s(x_t, t, k, y) for 2-D toy data (x (B, 2)); the objective is model-agnostic."""
+
+    def __init__(self, dim=2, hidden=256, depth=3, num_classes=0, freq_dim=64):
+        super().__init__()
+        self.cfg_dim, self.freq_dim, self._num_classes = dim, freq_dim, num_classes
+        self.inp = nn.Linear(dim + 2 * freq_dim, hidden)
+        self.y_embedder = nn.Embedding(num_classes + 1, hidden)
+        self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
+                                                  nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
+
+    @property
+    def num_classes(self):
+        return self._num_classes
+
+    @property
+    def null_label(self):
+        return self._num_classes
+
+    def forward(self, x, t, k, y):
+        f = torch.cat([x, timestep_embedding_ref(t * 1000, self.freq_dim),
+                       timestep_embedding_ref(k, self.freq_dim)], dim=1)          # (B, dim + 2·freq)
+        h = self.inp(f) + self.y_embedder(y)                                      # (B, hidden)
+        for layer in self.layers:
+            h = h + layer(h)
+        return self.out(h)                                                        # (B, dim)

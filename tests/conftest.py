@@ -1,0 +1,37 @@
+"""Shared test setup: the Triton interpreter on CPU-only machines, the CUDA marker, the tolerance rule."""
+import os
+import sys
+
+import pytest
+import torch
+
+# Without a GPU, Triton kernels run through the interpreter; the variable must be set before triton is
+# imported anywhere (SPEC §3).
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Absolute slack added to the relative rule, per dtype: covers elements where the same-dtype PyTorch
+# result happens to be exact (zero error) while the kernel rounds differently.
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-10}
+
+
+def assert_close_rel(out, ref, same_dtype, name="output", atol=None, factor=2.0):
+    """STYLE habit 2: |out - ref| <= factor·max|same_dtype - ref| + atol, with ref computed in fp32/fp64.
+
+    `same_dtype` is PyTorch's own result in the kernel's dtype; its error against `ref` sets the bar.
+    """
+    ref = ref.double()
+    err = (out.double() - ref).abs().max().item()
+    base = (same_dtype.double() - ref).abs().max().item()
+    tol = factor * base + (ATOL[out.dtype] if atol is None else atol)
+    assert err <= tol, f"{name}: max error {err:.3e} > {factor}×{base:.3e} + atol (dtype {out.dtype})"
+
+
+cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
