@@ -123,7 +123,7 @@ class ObjectiveConfig:
 class TrainConfig:
     """Everything `shortcut.train` needs; saved inside every checkpoint."""
     data: str = "digits"               # digits | checkerboard | moons | 8gaussians
-    preset: str = "digits"             # ModelConfig preset (image data) or "mlp" (2-D data)
+    preset: str = "auto"               # ModelConfig preset, "mlp" (2-D data) or auto: digits / mlp by data
     official: bool = False             # official-network quirks (ModelConfig.preset(official=True))
     model_overrides: dict = field(default_factory=dict)   # ModelConfig fields, e.g. {"depth": 2}
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

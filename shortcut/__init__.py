@@ -1,0 +1,9 @@
+"""shortcut: one-step / few-step diffusion with shortcut models (Frans et al., ICLR 2025) in PyTorch."""
+from .config import PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
+from .model import ShortcutDiT, ShortcutMLP
+from .objective import ShortcutBatch, shortcut_loss, shortcut_targets
+from .sampler import sample
+from .train import train
+
+__all__ = ["PRESETS", "ModelConfig", "ObjectiveConfig", "TrainConfig", "ShortcutDiT", "ShortcutMLP",
+           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "train"]

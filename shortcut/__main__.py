@@ -1,0 +1,4 @@
+"""`python -m shortcut ...` is the `shortcut` command."""
+from .cli import main
+
+main()
