@@ -55,18 +55,29 @@ class Attention(nn.Module):
     def forward(self, x, backend="sdpa"):
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads)   # (B, T, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                            # 3 × (B, H, T, Dh)
-        o = _attention(q, k, v, self.scale, backend)                              # (B, H, T, Dh)
-        return self.proj(o.transpose(1, 2).reshape(B, T, D))                     # (B, T, D)
+        o = _attention(qkv, self.scale, backend)                                  # (B, T, H, Dh)
+        return self.proj(o.reshape(B, T, D))                                      # (B, T, D)
 
 
-def _attention(q, k, v, scale, backend):
+def _attention(qkv, scale, backend):
+    """Self-attention on the fused projection: qkv (B, T, 3, H, Dh) -> o (B, T, H, Dh).
+
+    "triton" and "flash_attn" read qkv in place and write o as (B, T, H, Dh), so the reshape for proj is
+    free and the backward writes one (B, T, 3, H, Dh) gradient. "sdpa" / "torch" take strided views; the
+    reshape copies only when the backend's o is not laid out as (B, T, H, Dh) (SDPA's flash backend is).
+    """
+    if backend == "triton":
+        from shortcut_kernels import attention_qkvpacked
+        return attention_qkvpacked(qkv, scale=scale)
+    if backend == "flash_attn":
+        from shortcut_kernels import flash_attn_qkvpacked
+        return flash_attn_qkvpacked(qkv, scale=scale)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                                # 3 × (B, H, T, Dh)
     if backend == "torch":
-        return _attention_torch(q, k, v, scale)
-    if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    from shortcut_kernels import attention   # triton / flash_attn backends live with the kernels
-    return attention(q, k, v, scale=scale, backend=backend)
+        o = _attention_torch(q, k, v, scale)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return o.transpose(1, 2)                                                       # (B, T, H, Dh)
 
 
 def _attention_torch(q, k, v, scale):

@@ -1,5 +1,51 @@
-"""Attention: non-causal softmax attention in the (B, H, T, Dh) layout of F.scaled_dot_product_attention."""
+"""Attention: non-causal softmax attention in the (B, H, T, Dh) layout of F.scaled_dot_product_attention.
+
+Flash attention (online softmax, fp32 accumulation, log-sum-exp saved for the backward) in Triton:
+
+    o = attention(q, k, v, scale=None)        # q, k, v (B, H, T, Dh) -> o (B, H, T, Dh)
+    o = attention_qkvpacked(qkv, scale=None)  # qkv (B, T, 3, H, Dh) -> o (B, T, H, Dh)
+
+Supported: any T >= 1 (tails masked), head_dim a multiple of 8 in [16, 128], fp16 / bf16 / fp32 (all
+three of q, k, v the same dtype and device), any positive `scale` (default 1/√head_dim; the official
+shortcut model uses 1/head_dim), any strides. Not supported: causal or other masks, dropout, different
+lengths for q and k, head_dim > 128.
+
+Layout contract (no copies):
+- The kernels take every operand through its four strides, so strided views are read in place. In
+  `attention_qkvpacked`, q, k, v are the views qkv[:, :, 0/1/2] of the fused projection the model
+  computes; its gradient is written straight into one (B, T, 3, H, Dh) buffer, so neither direction
+  stacks, transposes or copies. With `attention(q, k, v)` the three views of a fused qkv are equally
+  read in place; dq, dk, dv come back as three contiguous (B, H, T, Dh) tensors.
+- o is written as (B, T, H, Dh) memory: `attention` returns the (B, H, T, Dh) view of it (the layout
+  SDPA's flash backend returns as well), so `o.transpose(1, 2).reshape(B, T, H·Dh)` needs no copy.
+
+head_dim 72 (DiT-XL/2): each head is covered by two power-of-two tiles, D0 = 64 unmasked columns plus
+D1 = 16 masked ones (64 + 16 = 80 ≥ 72), each with its own tl.dot; the matmuls do 80/72 = 1.11× the
+useful work. Padding to the next power of two (128, what the Triton tutorial would need) would do 1.78×,
+and flash-attn's 96-wide kernel 1.33×. Same rule for 40/48 (32 + 16), 80 (64 + 16), 88/96 (64 + 32);
+where two tiles would cost as much as the next power of two (56, 104…120) one padded tile is used.
+
+Each op is a `torch.library.custom_op` (forward and backward separately, gradient via
+`register_autograd`), so `torch.compile(fullgraph=True)` sees one opaque node and no graph break.
+"""
+import math
+import numbers
+
 import torch
+
+from ._triton import interpreting, triton_available
+
+# Kernels are compiled for CUDA, or run by Triton's interpreter on CPU; @triton.jit picks the mode when
+# this module is imported (TRITON_INTERPRET read at decoration time), so the answer is fixed here too.
+_INTERPRETED = interpreting()
+_HAS_TRITON = triton_available()
+if _HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+LOG2E = math.log2(math.e)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
 
 def attention_ref(q, k, v, scale=None, upcast=True):
@@ -10,3 +56,517 @@ def attention_ref(q, k, v, scale=None, upcast=True):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     p = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)          # (B, H, T, T)
     return (p @ v).to(dtype)                                             # (B, H, T, Dh)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels. Every program handles one tile of rows (queries, or keys in dk/dv) of one (batch,
+# head); programs of the same head are adjacent in the 1-D grid so they share K/V in L2, and a 1-D grid
+# has no 65,535 limit on B·H. The head dim is two tiles, [0, D0) unmasked and [D0, D0 + D1) masked to
+# HEAD_DIM (D1 = 0: one tile). Scores live in base 2: qk_scale = scale·log2(e), so exp2 replaces exp.
+# ----------------------------------------------------------------------------------------------------
+if _HAS_TRITON:
+
+    @triton.jit
+    def _load_tile(base, offs_r, stride_r, stride_d, mask_r, D_START: tl.constexpr, D_SIZE: tl.constexpr,
+                   HEAD_DIM: tl.constexpr):
+        """(rows, D_SIZE) tile of columns [D_START, D_START + D_SIZE); out-of-range rows/columns read 0."""
+        offs_d = D_START + tl.arange(0, D_SIZE)
+        mask = mask_r[:, None]
+        if D_START + D_SIZE > HEAD_DIM:
+            mask = mask & (offs_d[None, :] < HEAD_DIM)
+        return tl.load(base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+
+    @triton.jit
+    def _store_tile(base, x, offs_r, stride_r, stride_d, mask_r, D_START: tl.constexpr, D_SIZE: tl.constexpr,
+                    HEAD_DIM: tl.constexpr):
+        offs_d = D_START + tl.arange(0, D_SIZE)
+        mask = mask_r[:, None]
+        if D_START + D_SIZE > HEAD_DIM:
+            mask = mask & (offs_d[None, :] < HEAD_DIM)
+        tl.store(base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d,
+                 x.to(base.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _head_offset(ptr, b, h, stride_b, stride_h):
+        # int64: a (256, 1024, 3·1152) bf16 qkv already spans 0.9 G elements
+        return ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+    def _fwd_configs():
+        if _INTERPRETED:   # the interpreter cannot autotune over several configs (SPEC §3)
+            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3),
+                                     (64, 32, 4, 4), (32, 32, 2, 3))]
+
+    # B·H is in the key: at B = 1 a DiT-B layer has 12 heads, too few programs for 132 SMs with 128-row
+    # tiles, while at B ≥ 64 the big tiles win; one tuning per (T, head_dim, B·H, dtype).
+    @triton.autotune(configs=_fwd_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
+    @triton.jit
+    def _attn_fwd_kernel(
+        Q, K, V, O, LSE,
+        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
+        H, T, BH, qk_scale,
+        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(T, BLOCK_M)
+        bh, pid_m = pid // num_m, pid % num_m
+        b, h = bh // H, bh % H
+        q_base = _head_offset(Q, b, h, sq_b, sq_h)
+        k_base = _head_offset(K, b, h, sk_b, sk_h)
+        v_base = _head_offset(V, b, h, sv_b, sv_h)
+        o_base = _head_offset(O, b, h, so_b, so_h)
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < T
+        q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)            # (BM, D0)
+        acc0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)
+        if D1 > 0:
+            q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)       # (BM, D1)
+            acc1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)                      # running max
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                                    # running sum
+
+        for start_n in range(0, T, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < T
+            k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
+            s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                 # (BM, BN)
+            if D1 > 0:
+                k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
+                s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
+            s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)                                                # rescales old sums
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
+            acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PRECISION)
+            if D1 > 0:
+                v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
+                acc1 = acc1 * alpha[:, None] + tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+        inv_l = 1.0 / l_i
+        _store_tile(o_base, acc0 * inv_l[:, None], offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM)
+        if D1 > 0:
+            _store_tile(o_base, acc1 * inv_l[:, None], offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM)
+        # natural-log LSE of the scaled scores: (m + log2 l)·ln 2
+        tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.log2(l_i)) / 1.4426950408889634, mask=mask_m)
+
+    @triton.jit
+    def _attn_bwd_delta_kernel(
+        O, DO, DELTA,
+        so_b, so_h, so_t, so_d, sdo_b, sdo_h, sdo_t, sdo_d,
+        H, T,
+        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        """delta = rowsum(o·do) in fp32: the softmax-backward term shared by dq and dk."""
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(T, BLOCK_M)
+        bh, pid_m = pid // num_m, pid % num_m
+        b, h = bh // H, bh % H
+        o_base = _head_offset(O, b, h, so_b, so_h)
+        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < T
+        o0 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM).to(tl.float32)
+        do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM).to(tl.float32)
+        delta = tl.sum(o0 * do0, 1)
+        if D1 > 0:
+            o1 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM).to(tl.float32)
+            do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM).to(tl.float32)
+            delta += tl.sum(o1 * do1, 1)
+        tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=mask_m)
+
+    def _dkdv_configs():
+        if _INTERPRETED:
+            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in ((64, 64, 4, 3), (32, 64, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2),
+                                     (32, 32, 2, 3))]
+
+    @triton.autotune(configs=_dkdv_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(
+        Q, K, V, DO, LSE, DELTA, DK, DV,
+        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+        sdo_b, sdo_h, sdo_t, sdo_d, sdk_b, sdk_h, sdk_t, sdk_d, sdv_b, sdv_h, sdv_t, sdv_d,
+        H, T, BH, scale, qk_scale,
+        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One tile of BLOCK_N keys: dv = Pᵀ·dO and dk = scale·dSᵀ·Q, summed over all query tiles.
+
+        Works on transposed scores (keys × queries) so both sums are plain dots with the key tile as rows.
+        """
+        pid = tl.program_id(0)
+        num_n = tl.cdiv(T, BLOCK_N)
+        bh, pid_n = pid // num_n, pid % num_n
+        b, h = bh // H, bh % H
+        q_base = _head_offset(Q, b, h, sq_b, sq_h)
+        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
+        k_base = _head_offset(K, b, h, sk_b, sk_h)
+        v_base = _head_offset(V, b, h, sv_b, sv_h)
+        row_base = bh.to(tl.int64) * T
+
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < T
+        k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)            # (BN, D0)
+        v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)
+        dk0 = tl.zeros((BLOCK_N, D0), dtype=tl.float32)
+        dv0 = tl.zeros((BLOCK_N, D0), dtype=tl.float32)
+        if D1 > 0:
+            k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
+            v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
+            dk1 = tl.zeros((BLOCK_N, D1), dtype=tl.float32)
+            dv1 = tl.zeros((BLOCK_N, D1), dtype=tl.float32)
+
+        for start_m in range(0, T, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < T
+            q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)        # (BM, D0)
+            do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM)
+            lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
+            st = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                # (BN, BM)
+            dpt = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)              # (dO·Vᵀ)ᵀ
+            if D1 > 0:
+                q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)
+                do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
+                st += tl.dot(k1, tl.trans(q1), input_precision=DOT_PRECISION)
+                dpt += tl.dot(v1, tl.trans(do1), input_precision=DOT_PRECISION)
+            pt = tl.exp2(st * qk_scale - lse2[None, :])                                 # Pᵀ, recomputed
+            pt = tl.where(mask_m[None, :], pt, 0.0)
+            dst = pt * (dpt - delta[None, :])                                           # dSᵀ
+            dv0 += tl.dot(pt.to(do0.dtype), do0, input_precision=DOT_PRECISION)
+            dk0 += tl.dot(dst.to(q0.dtype), q0, input_precision=DOT_PRECISION)
+            if D1 > 0:
+                dv1 += tl.dot(pt.to(do1.dtype), do1, input_precision=DOT_PRECISION)
+                dk1 += tl.dot(dst.to(q1.dtype), q1, input_precision=DOT_PRECISION)
+
+        dk_base = _head_offset(DK, b, h, sdk_b, sdk_h)
+        dv_base = _head_offset(DV, b, h, sdv_b, sdv_h)
+        _store_tile(dk_base, dk0 * scale, offs_n, sdk_t, sdk_d, mask_n, 0, D0, HEAD_DIM)
+        _store_tile(dv_base, dv0, offs_n, sdv_t, sdv_d, mask_n, 0, D0, HEAD_DIM)
+        if D1 > 0:
+            _store_tile(dk_base, dk1 * scale, offs_n, sdk_t, sdk_d, mask_n, D0, D1, HEAD_DIM)
+            _store_tile(dv_base, dv1, offs_n, sdv_t, sdv_d, mask_n, D0, D1, HEAD_DIM)
+
+    def _dq_configs():
+        if _INTERPRETED:
+            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in ((64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3),
+                                     (32, 32, 2, 3))]
+
+    @triton.autotune(configs=_dq_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
+    @triton.jit
+    def _attn_bwd_dq_kernel(
+        Q, K, V, DO, LSE, DELTA, DQ,
+        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+        sdo_b, sdo_h, sdo_t, sdo_d, sdq_b, sdq_h, sdq_t, sdq_d,
+        H, T, BH, scale, qk_scale,
+        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One tile of BLOCK_M queries: dq = scale·dS·K summed over all key tiles (no atomics)."""
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(T, BLOCK_M)
+        bh, pid_m = pid // num_m, pid % num_m
+        b, h = bh // H, bh % H
+        q_base = _head_offset(Q, b, h, sq_b, sq_h)
+        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
+        k_base = _head_offset(K, b, h, sk_b, sk_h)
+        v_base = _head_offset(V, b, h, sv_b, sv_h)
+        row_base = bh.to(tl.int64) * T
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < T
+        q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)            # (BM, D0)
+        do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM)
+        dq0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)
+        if D1 > 0:
+            q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)
+            do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
+            dq1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
+        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
+
+        for start_n in range(0, T, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < T
+            k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
+            v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)
+            s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                 # (BM, BN)
+            dp = tl.dot(do0, tl.trans(v0), input_precision=DOT_PRECISION)
+            if D1 > 0:
+                k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
+                v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
+                s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
+                dp += tl.dot(do1, tl.trans(v1), input_precision=DOT_PRECISION)
+            p = tl.exp2(s * qk_scale - lse2[:, None])
+            p = tl.where(mask_n[None, :], p, 0.0)                                       # padded keys
+            ds = p * (dp - delta[:, None])
+            dq0 += tl.dot(ds.to(k0.dtype), k0, input_precision=DOT_PRECISION)
+            if D1 > 0:
+                dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=DOT_PRECISION)
+
+        dq_base = _head_offset(DQ, b, h, sdq_b, sdq_h)
+        _store_tile(dq_base, dq0 * scale, offs_m, sdq_t, sdq_d, mask_m, 0, D0, HEAD_DIM)
+        if D1 > 0:
+            _store_tile(dq_base, dq1 * scale, offs_m, sdq_t, sdq_d, mask_m, D0, D1, HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launchers: checks, head-dim tiling, grids. q, k, v, o, do, dq, dk, dv are (B, H, T, Dh)-indexed views
+# with arbitrary strides; lse and delta are contiguous fp32 (B, H, T).
+# ----------------------------------------------------------------------------------------------------
+def _head_blocks(head_dim, split=True):
+    """(D0, D1): power-of-two tile widths covering head_dim, D0 <= head_dim unmasked, D1 masked (0: none).
+
+    split=False pads to one next-power-of-two tile instead (72 -> 128): kept to measure what the split saves.
+    """
+    full = 1 << (head_dim - 1).bit_length()
+    d0 = 1 << (head_dim.bit_length() - 1)                 # largest power of two <= head_dim
+    if not split or d0 == head_dim:
+        return full, 0
+    d1 = max(16, 1 << (head_dim - d0 - 1).bit_length())   # tl.dot needs every dim >= 16
+    return (d0, d1) if d0 + d1 < full else (full, 0)
+
+
+def _dot_precision(dtype):
+    # fp32 inputs would otherwise run their dots in TF32 on the GPU (10-bit mantissa): keep them exact.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q, k, v, o, lse, scale, split=True):
+    B, H, T, Dh = q.shape
+    d0, d1 = _head_blocks(Dh, split)
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
+    _attn_fwd_kernel[grid](
+        q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        H, T, B * H, scale * LOG2E,
+        HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
+
+
+def _backward(do, q, k, v, o, lse, scale, dq, dk, dv, split=True):
+    B, H, T, Dh = q.shape
+    d0, d1 = _head_blocks(Dh, split)
+    delta = torch.empty_like(lse)
+    _attn_bwd_delta_kernel[(triton.cdiv(T, 64) * B * H,)](
+        o, do, delta, *o.stride(), *do.stride(), H, T, HEAD_DIM=Dh, D0=d0, D1=d1, BLOCK_M=64)
+    common = dict(HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
+    grid_n = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)   # noqa: E731
+    _attn_bwd_dkdv_kernel[grid_n](
+        q, k, v, do, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+        H, T, B * H, scale, scale * LOG2E, **common)
+    grid_m = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
+    _attn_bwd_dq_kernel[grid_m](
+        q, k, v, do, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+        H, T, B * H, scale, scale * LOG2E, **common)
+
+
+def _check_launchable(x, name):
+    if not _HAS_TRITON:
+        raise RuntimeError(f"attention: {name} needs Triton, which is not installed; use attention_ref or SDPA")
+    if x.device.type == "cuda":
+        return
+    if x.device.type == "cpu" and _INTERPRETED:
+        return
+    raise RuntimeError(f"attention: {name} is on {x.device}; the Triton kernels run on CUDA tensors, or on CPU "
+                       f"through the interpreter (TRITON_INTERPRET=1 set before shortcut_kernels is imported)")
+
+
+def _check_head_dim(head_dim, name):
+    if head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"attention: {name} head_dim must be a multiple of 8 in [{MIN_HEAD_DIM}, "
+                         f"{MAX_HEAD_DIM}], got {head_dim}")
+
+
+def _check_scale(scale, head_dim):
+    if scale is None:
+        return head_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < float(scale) < math.inf:
+        raise ValueError(f"attention: scale must be a positive finite number or None, got {scale!r}")
+    return float(scale)
+
+
+def _check_qkv(q, k, v, scale):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"attention: {name} must be 4-D (B, H, T, head_dim), got shape {tuple(x.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention: q, k, v must have the same shape (B, H, T, head_dim), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in DTYPES:
+        raise TypeError(f"attention: q must be float16, bfloat16 or float32, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    _check_launchable(q, "q")
+    _check_head_dim(q.shape[-1], "q")
+    return _check_scale(scale, q.shape[-1])
+
+
+def _check_qkvpacked(qkv, scale):
+    if not isinstance(qkv, torch.Tensor):
+        raise TypeError(f"attention_qkvpacked: qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"attention_qkvpacked: qkv must have shape (B, T, 3, H, head_dim), got {tuple(qkv.shape)}")
+    if qkv.dtype not in DTYPES:
+        raise TypeError(f"attention_qkvpacked: qkv must be float16, bfloat16 or float32, got {qkv.dtype}")
+    _check_launchable(qkv, "qkv")
+    _check_head_dim(qkv.shape[-1], "qkv")
+    return _check_scale(scale, qkv.shape[-1])
+
+
+def _unpack(qkv):
+    """Strided (B, H, T, Dh) views of q, k, v inside a (B, T, 3, H, Dh) buffer: no copy."""
+    return [qkv.select(2, i).transpose(1, 2) for i in range(3)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom ops (what torch.compile sees) and their autograd.
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("shortcut_kernels::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, T, Dh = q.shape
+    o = q.new_empty(B, T, H, Dh).transpose(1, 2)          # (B, H, T, Dh) view of (B, T, H, Dh) memory
+    lse = q.new_empty(B, H, T, dtype=torch.float32)
+    if o.numel():
+        _forward(q, k, v, o, lse, scale)
+    return o, lse
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, scale):
+    B, H, T, Dh = q.shape
+    return q.new_empty(B, T, H, Dh).transpose(1, 2), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("shortcut_kernels::attention_bwd", mutates_args=())
+def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                      lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel():
+        _backward(do, q, k, v, o, lse, scale, dq, dk, dv)
+    return dq, dk, dv
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, scale):
+    return tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.scale = scale
+
+
+def _attention_grad(ctx, do, dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_attention_fwd_op.register_autograd(_attention_grad, setup_context=_attention_setup)
+
+
+@torch.library.custom_op("shortcut_kernels::attention_qkvpacked_fwd", mutates_args=())
+def _attention_qkvpacked_fwd_op(qkv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, _, H, Dh = qkv.shape
+    o = qkv.new_empty(B, T, H, Dh)
+    lse = qkv.new_empty(B, H, T, dtype=torch.float32)
+    if o.numel():
+        _forward(*_unpack(qkv), o.transpose(1, 2), lse, scale)
+    return o, lse
+
+
+@_attention_qkvpacked_fwd_op.register_fake
+def _(qkv, scale):
+    B, T, _, H, Dh = qkv.shape
+    return qkv.new_empty(B, T, H, Dh), qkv.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("shortcut_kernels::attention_qkvpacked_bwd", mutates_args=())
+def _attention_qkvpacked_bwd_op(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                                scale: float) -> torch.Tensor:
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)   # (B, T, 3, H, Dh)
+    if dqkv.numel():
+        _backward(do.transpose(1, 2), *_unpack(qkv), o.transpose(1, 2), lse, scale, *_unpack(dqkv))
+    return dqkv
+
+
+@_attention_qkvpacked_bwd_op.register_fake
+def _(do, qkv, o, lse, scale):
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+
+
+def _attention_qkvpacked_setup(ctx, inputs, output):
+    qkv, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(qkv, o, lse)
+    ctx.scale = scale
+
+
+def _attention_qkvpacked_grad(ctx, do, dlse):
+    qkv, o, lse = ctx.saved_tensors
+    return _attention_qkvpacked_bwd_op(do, qkv, o, lse, ctx.scale), None
+
+
+_attention_qkvpacked_fwd_op.register_autograd(_attention_qkvpacked_grad, setup_context=_attention_qkvpacked_setup)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public functions.
+# ----------------------------------------------------------------------------------------------------
+def attention(q, k, v, scale=None):
+    """softmax(q·kᵀ·scale)·v with the Triton flash-attention kernels; differentiable in q, k, v.
+
+    q, k, v (B, H, T, head_dim), any strides, one dtype (fp16 / bf16 / fp32) and device (CUDA, or CPU
+    under TRITON_INTERPRET=1); head_dim a multiple of 8 in [16, 128]; scale defaults to 1/√head_dim.
+    Returns o (B, H, T, head_dim), a view of (B, T, H, head_dim) memory.
+    """
+    scale = _check_qkv(q, k, v, scale)
+    return _attention_fwd_op(q, k, v, scale)[0]
+
+
+def attention_qkvpacked(qkv, scale=None):
+    """Self-attention on a fused projection: qkv (B, T, 3, H, head_dim) -> o (B, T, H, head_dim), contiguous.
+
+    Reads q, k, v in place from qkv and writes the gradient as one (B, T, 3, H, head_dim) tensor, so the
+    model's qkv Linear -> attention -> proj Linear chain has no transpose or copy in either direction.
+    """
+    scale = _check_qkvpacked(qkv, scale)
+    return _attention_qkvpacked_fwd_op(qkv, scale)[0]
+
+
+def flash_attn_available():
+    """Whether the flash-attn package (Dao-AILab, CUDA only) imports."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flash_attn_qkvpacked(qkv, scale=None):
+    """The flash-attn package on the same layout: qkv (B, T, 3, H, head_dim) -> o (B, T, H, head_dim)."""
+    try:
+        from flash_attn import flash_attn_qkvpacked_func
+    except ImportError as e:
+        raise RuntimeError("attention backend 'flash_attn' needs the flash-attn package (pip install flash-attn, "
+                           "CUDA only), which is not installed; use 'triton' or 'sdpa'") from e
+    if not qkv.is_cuda or qkv.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attention backend 'flash_attn' needs fp16/bf16 CUDA tensors, got {qkv.dtype} on "
+                         f"{qkv.device}; use 'triton' or 'sdpa'")
+    return flash_attn_qkvpacked_func(qkv, softmax_scale=scale, causal=False)
