@@ -141,6 +141,7 @@ class TrainConfig:
     out_dir: str = "runs/digits"
     log_every: int = 50
     sample_every: int = 0              # 0: a sample grid at the end only
+    grid_steps: tuple = (1, 2, 4, 8, 16, 32, 64, 128)   # one grid row per step count
     ckpt_every: int = 500
     resume: bool = False               # continue from out_dir/checkpoint.pt
     threads: int = 0                   # torch CPU threads; 0 leaves torch's default
@@ -149,7 +150,7 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.objective, dict):
             self.objective = ObjectiveConfig(**self.objective)
-        self.betas = tuple(self.betas)
+        self.betas, self.grid_steps = tuple(self.betas), tuple(self.grid_steps)
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

@@ -49,6 +49,16 @@ def digits_classifier(seed=0, steps=600):
         torch.manual_seed(seed)
         clf = DigitsClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():   # callers may be inside no_grad (evaluate_digits)
+        _fit(clf, opt, data, steps, g)
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(clf.state_dict(), tmp)
+    os.replace(tmp, path)
+    return clf.eval()
+
+
+def _fit(clf, opt, data, steps, g):
     for _ in range(steps):
         # Light augmentation (noise) makes the features less brittle to generated-sample artefacts.
         idx = torch.randint(0, len(data), (256,), generator=g)
@@ -57,11 +67,6 @@ def digits_classifier(seed=0, steps=600):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(clf.state_dict(), tmp)
-    os.replace(tmp, path)
-    return clf.eval()
 
 
 def frechet_distance(a, b):

@@ -257,8 +257,8 @@ class ShortcutDiT(nn.Module):
 
 def get_2d_sincos_pos_embed(dim, grid_size):
     """Fixed 2-D sin-cos position embedding (MAE/DiT): (grid_size², dim) float64 numpy array."""
-    gh, gw = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
-    grid = [gw, gh]   # DiT's order: first half of the channels encodes w, second half h
+    pos = np.arange(grid_size, dtype=np.float64)
+    grid = np.meshgrid(pos, pos)   # grid[0][i, j] = j (column), grid[1][i, j] = i (row), as DiT
 
     def _1d(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))

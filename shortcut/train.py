@@ -20,7 +20,6 @@ from .objective import shortcut_loss, shortcut_targets
 from .sampler import sample
 
 CHECKPOINT = "checkpoint.pt"
-GRID_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 @dataclass
@@ -178,11 +177,11 @@ def train(cfg: TrainConfig):
                 log.flush()
                 bar.update(step, row["loss"])
             if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps:
-                save_grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device)
+                save_grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device, cfg.grid_steps)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint(step)
     bar.close()
-    save_grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device)
+    save_grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg.grid_steps)
     return TrainResult(model, ema, cfg.steps, history, cfg.out_dir)
 
 
@@ -206,7 +205,7 @@ def _truncate_metrics(path, step):
 
 
 @torch.no_grad()
-def save_grid(model, dataset, path, device, steps=GRID_STEPS, seed=0):
+def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128), seed=0):
     """A PNG: one row per step count; for labelled images, one column per class (same noise per column)."""
     from .eval import grid_image, scatter_image
     g = torch.Generator().manual_seed(seed)

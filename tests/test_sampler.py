@@ -1,0 +1,80 @@
+"""Euler sampler: 1-step = x0 + v, N-step recursion, CFG, errors."""
+import pytest
+import torch
+
+from shortcut import ModelConfig, ShortcutDiT, ShortcutMLP, sample
+from shortcut.sampler import check_steps
+
+
+@pytest.fixture
+def dit(gen):
+    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5, adaln_init="xavier")
+    model = ShortcutDiT(cfg, kernels="torch").eval()
+    with torch.no_grad():
+        for p in model.final_layer.parameters():
+            p.normal_(std=0.1, generator=gen)
+    return model
+
+
+def test_one_step_is_x0_plus_v(dit, gen):
+    noise = torch.randn(4, 3, 8, 8, generator=gen)
+    y = torch.tensor([0, 1, 2, 3])
+    v = dit(noise, torch.zeros(4), torch.zeros(4, dtype=torch.long), y)
+    torch.testing.assert_close(sample(dit, noise, 1, y=y), noise + v)
+
+
+def test_four_steps_recursion(dit, gen):
+    noise = torch.randn(2, 3, 8, 8, generator=gen)
+    y = torch.tensor([1, 4])
+    x = noise
+    for i in range(4):
+        x = x + 0.25 * dit(x, torch.full((2,), i / 4), torch.full((2,), 2), y)
+    out, traj = sample(dit, noise, 4, y=y, return_trajectory=True)
+    torch.testing.assert_close(out, x)
+    assert len(traj) == 5 and traj[0] is noise
+
+
+def test_cfg_scale_one_is_conditional(dit, gen):
+    noise = torch.randn(3, 3, 8, 8, generator=gen)
+    y = torch.tensor([0, 2, 4])
+    torch.testing.assert_close(sample(dit, noise, 2, y=y, cfg_scale=1.0), sample(dit, noise, 2, y=y))
+
+
+def test_cfg_combination(dit, gen):
+    noise = torch.randn(3, 3, 8, 8, generator=gen)
+    y = torch.tensor([0, 2, 4])
+    t0, k0 = torch.zeros(3), torch.zeros(3, dtype=torch.long)
+    v_c = dit(noise, t0, k0, y)
+    v_u = dit(noise, t0, k0, torch.full_like(y, 5))
+    torch.testing.assert_close(sample(dit, noise, 1, y=y, cfg_scale=2.5), noise + v_u + 2.5 * (v_c - v_u),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unconditional_uses_null_label(dit, gen):
+    noise = torch.randn(2, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(sample(dit, noise, 1), sample(dit, noise, 1, y=torch.tensor([5, 5])))
+
+
+def test_any_module_works(gen):
+    model = ShortcutMLP(hidden=16, depth=1)
+    assert sample(model, torch.randn(10, 2, generator=gen), 8).shape == (10, 2)
+
+
+@pytest.mark.parametrize("steps", [0, 3, 6, 256, 1.0, True, "4"])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match="steps must be one of 1, 2, 4, 8, 16, 32, 64, 128"):
+        check_steps(steps)
+
+
+def test_levels():
+    assert [check_steps(2 ** i) for i in range(8)] == list(range(8))
+
+
+def test_bad_labels(dit, gen):
+    noise = torch.randn(2, 3, 8, 8, generator=gen)
+    with pytest.raises(ValueError, match=r"y must hold labels in \[0, 5\]"):
+        sample(dit, noise, 1, y=torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match=r"y must be an int64 tensor of shape \(2,\)"):
+        sample(dit, noise, 1, y=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="noise must be a floating-point"):
+        sample(dit, noise.long(), 1)
