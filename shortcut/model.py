@@ -4,6 +4,7 @@
 sub-block's gated residual is fused with the next sub-block's norm (`gated_adaln`); `kernels="torch"`
 runs the readable references of those ops, `kernels="triton"` the fused kernels, with the same weights.
 """
+import functools
 import math
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shortcut_kernels import adaln_modulate_ref, gated_adaln_ref, timestep_embedding_ref
+from shortcut_kernels import adaln_modulate_ref, adaln_projections, gated_adaln_ref, timestep_embedding_ref
 
 from .config import ModelConfig
+from .profiling import nvtx_range
 
 KERNELS = ("auto", "triton", "torch")
 ATTENTION = ("auto", "sdpa", "triton", "flash_attn", "torch")
@@ -28,8 +30,11 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t):
-        f = timestep_embedding_ref(t.float() * self.scale, self.freq_dim)   # (B, freq_dim)
-        return self.mlp(f.to(self.mlp[0].weight.dtype))                      # (B, D)
+        return self.project(timestep_embedding_ref(t.float() * self.scale, self.freq_dim))
+
+    def project(self, f):
+        """The MLP on precomputed sinusoidal features f (B, freq_dim) fp32 -> (B, D)."""
+        return self.mlp(f.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -102,23 +107,104 @@ class DiTBlock(nn.Module):
 
     Maths (DiT): x += gate_msa·attn(mod(LN(x), shift_msa, scale_msa));
                  x += gate_mlp·mlp(mod(LN(x), shift_mlp, scale_mlp)).
-    The norms and residuals are applied by ShortcutDiT.forward so they can fuse across blocks.
+    The norms and residuals are applied by ShortcutDiT.forward so they can fuse across blocks; the
+    adaLN projection (c -> 6 vectors) lives in ShortcutDiT.adaLN, one GEMM for all blocks.
     """
 
     def __init__(self, dim, num_heads, mlp_ratio, attn_scale):
         super().__init__()
         self.attn = Attention(dim, num_heads, attn_scale)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
 
 class FinalLayer(nn.Module):
-    """Modulated norm then a linear map from tokens to patches."""
+    """Modulated norm (shift, scale from ShortcutDiT.adaLN) then a linear map from tokens to patches."""
 
     def __init__(self, dim, patch_size, out_channels):
         super().__init__()
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+
+class AdaLNProjections(nn.Module):
+    """Every block's adaLN Linear (c -> 6D) and the final layer's (c -> 2D) as one (depth·6D + 2D, D) Linear.
+
+    They all read the same c, so one GEMM replaces depth + 1 (O(1) launches instead of O(depth)).
+    ShortcutDiT's state_dict hooks present the weight in DiT's per-block layout
+    (blocks.{i}.adaLN_modulation.1.weight/bias, final_layer.adaLN_modulation.1.*), so checkpoints load
+    into DiT code and back. One Parameter rather than per-block Linears plus a cached concatenation:
+    the GEMM reads the live weights, so gradients, optimizers, EMA updates and load_state_dict need no
+    invalidation rule (a cache keyed on version counters misses writes through `.data`), no second copy
+    of the weights is held (0.9 GB at DiT-XL fp32), and kernels="torch" runs on the same storage.
+    The price: named_parameters() shows `adaLN.weight` / `adaLN.bias` instead of the per-block names.
+    """
+
+    def __init__(self, dim, depth):
+        super().__init__()
+        self.sizes = (6 * dim,) * depth + (2 * dim,)
+        self.names = tuple(f"blocks.{i}.adaLN_modulation.1" for i in range(depth)) + ("final_layer.adaLN_modulation.1",)
+        self.weight = nn.Parameter(torch.empty(sum(self.sizes), dim))
+        self.bias = nn.Parameter(torch.zeros(sum(self.sizes)))
+
+    def forward(self, c):
+        return adaln_projections(c, self.weight, self.bias, self.sizes)   # depth × (B, 6D), (B, 2D) views
+
+    def rows(self, index):
+        """The rows of projection `index` (block index, or depth for the final layer)."""
+        start = sum(self.sizes[:index])
+        return slice(start, start + self.sizes[index])
+
+
+class AdaLNView:
+    """DiT's per-block `adaLN_modulation` (SiLU -> Linear) as a window onto AdaLNProjections.
+
+    `view[1].weight` / `.bias` are views of the shared Parameter (in-place writes under no_grad land in
+    it) and `view(c)` projects c with them, so DiT-style code (`block.adaLN_modulation(c)`) still runs.
+    A plain object, not an nn.Module: it owns no parameters and adds nothing to state_dict.
+    """
+
+    def __init__(self, proj, index):
+        self._proj, self._index = proj, index
+
+    @property
+    def weight(self):
+        return self._proj.weight[self._proj.rows(self._index)]
+
+    @property
+    def bias(self):
+        return self._proj.bias[self._proj.rows(self._index)]
+
+    def __getitem__(self, i):
+        if i in (1, -1):
+            return self
+        if i in (0, -2):
+            return F.silu
+        raise IndexError(f"adaLN_modulation has 2 entries (SiLU, Linear), got index {i}")
+
+    def __call__(self, c):
+        return F.linear(F.silu(c), self.weight, self.bias)
+
+
+def _adaln_state_dict_hook(model, state_dict, prefix, local_metadata):
+    """state_dict: replace adaLN.weight/bias by DiT's per-block keys (views, no copy)."""
+    w, b = state_dict.pop(prefix + "adaLN.weight"), state_dict.pop(prefix + "adaLN.bias")
+    for name, wi, bi in zip(model.adaLN.names, w.split(model.adaLN.sizes), b.split(model.adaLN.sizes)):
+        state_dict[prefix + name + ".weight"], state_dict[prefix + name + ".bias"] = wi, bi
+
+
+def _adaln_load_hook(model, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """load_state_dict: concatenate DiT's per-block adaLN keys into adaLN.weight/bias."""
+    proj = model.adaLN
+    keys = [(prefix + n + ".weight", prefix + n + ".bias") for n in proj.names]
+    if not all(kw in state_dict and kb in state_dict for kw, kb in keys):
+        return   # missing keys are reported by the loader (as adaLN.weight / adaLN.bias)
+    D = proj.weight.shape[1]
+    for (kw, kb), size in zip(keys, proj.sizes):
+        if tuple(state_dict[kw].shape) != (size, D) or tuple(state_dict[kb].shape) != (size,):
+            error_msgs.append(f"size mismatch for {kw} / {kb}: expected ({size}, {D}) / ({size},), got "
+                              f"{tuple(state_dict[kw].shape)} / {tuple(state_dict[kb].shape)}")
+            return
+    state_dict[prefix + "adaLN.weight"] = torch.cat([state_dict.pop(kw) for kw, _ in keys])
+    state_dict[prefix + "adaLN.bias"] = torch.cat([state_dict.pop(kb) for _, kb in keys])
 
 
 class ShortcutDiT(nn.Module):
@@ -147,6 +233,12 @@ class ShortcutDiT(nn.Module):
         scale = cfg.head_dim ** -0.5 if cfg.attn_scale == "sqrt" else cfg.head_dim ** -1.0
         self.blocks = nn.ModuleList(DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, scale) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self.adaLN = AdaLNProjections(D, cfg.depth)
+        for i, block in enumerate(self.blocks):
+            block.adaLN_modulation = AdaLNView(self.adaLN, i)
+        self.final_layer.adaLN_modulation = AdaLNView(self.adaLN, cfg.depth)
+        self.register_state_dict_post_hook(_adaln_state_dict_hook)
+        self.register_load_state_dict_pre_hook(_adaln_load_hook)
         self.initialize_weights()
 
     @property
@@ -173,15 +265,20 @@ class ShortcutDiT(nn.Module):
         for emb in (self.t_embedder, self.k_embedder):
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
             nn.init.normal_(emb.mlp[2].weight, std=0.02)
-        # Block adaLN: zero (adaLN-Zero: every block starts as the identity) or xavier (official).
-        if self.cfg.adaln_init == "zero":
-            for block in self.blocks:
-                nn.init.zeros_(block.adaLN_modulation[-1].weight)
-                nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        # Final layer: zero, so the initial prediction is v̂ = 0 (both DiT and official).
-        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        # adaLN projections, zero biases. Blocks: zero (adaLN-Zero: every block starts as the identity)
+        # or xavier per block (official), with each block's own fans (D in, 6D out) as a separate Linear.
+        # Final layer's rows: zero (both DiT and official).
+        nn.init.zeros_(self.adaLN.bias)
+        *block_ws, final_w = self.adaLN.weight.data.split(self.adaLN.sizes)
+        for w in block_ws:
+            if self.cfg.adaln_init == "zero":
+                nn.init.zeros_(w)
+            else:
+                nn.init.xavier_uniform_(w)
+        nn.init.zeros_(final_w)
+        # Final linear: zero, so the initial prediction is v̂ = 0 (both DiT and official).
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
 
     # ------------------------------------------------------------------------------------------------
     def uses_triton(self, x):
@@ -193,32 +290,45 @@ class ShortcutDiT(nn.Module):
         return "triton" if self.uses_triton(x) else "sdpa"
 
     def embed(self, t, k, y):
-        """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D)."""
-        return self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
+        """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D). The fused path computes both sinusoids in one kernel."""
+        if not self.uses_triton(t):
+            return self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
+        from shortcut_kernels import timestep_features
+        f = timestep_features(t, k, self.cfg.freq_dim, self.t_embedder.scale, self.k_embedder.scale)  # (2, B, F)
+        return self.t_embedder.project(f[0]) + self.k_embedder.project(f[1]) + self.y_embedder(y)
 
     def modulations(self, c):
-        """All adaLN vectors from c: a list of depth (B, 6D) tensors, then the final layer's (B, 2D)."""
-        mods = [block.adaLN_modulation(c) for block in self.blocks]
-        return mods + [self.final_layer.adaLN_modulation(c)]
+        """All adaLN vectors from c in one GEMM: depth (B, 6D) views, then the final layer's (B, 2D)."""
+        return self.adaLN(c)
 
     def forward(self, x, t, k, y):
         self.check_inputs(x, t, k, y)
-        fused = self.uses_triton(x)
-        if fused:
-            from shortcut_kernels import adaln_modulate, gated_adaln
-        else:
-            adaln_modulate, gated_adaln = adaln_modulate_ref, gated_adaln_ref
         backend, eps = self.attention_backend(x), self.cfg.eps
-        x = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed   # (B, T, D)
-        mods = self.modulations(self.embed(t, k, y))                         # depth × (B, 6D), (B, 2D)
-        shift, scale = mods[0].chunk(6, dim=1)[:2]
-        h = adaln_modulate(x, shift, scale, eps)                              # (B, T, D) input to attn 0
+        if self.uses_triton(x):
+            from shortcut_kernels import adaln_modulate, gated_adaln
+            # h only feeds Linear layers; under CUDA autocast they would cast it to the autocast dtype, so
+            # the kernels write it in that dtype directly (same values, half the bytes, no cast kernel).
+            cast = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else None
+            modulate = functools.partial(adaln_modulate, out_dtype=cast)
+            gated = functools.partial(gated_adaln, out_dtype=cast)
+        else:
+            modulate, gated = adaln_modulate_ref, gated_adaln_ref
+        with nvtx_range("embed"):
+            # pos_embed first: the sum takes its contiguous layout (the kernels need contiguous rows);
+            # .contiguous() is then free, and only a guard.
+            x = (self.pos_embed + self.x_embedder(x).flatten(2).transpose(1, 2)).contiguous()   # (B, T, D)
+            mods = self.modulations(self.embed(t, k, y))                         # depth × (B, 6D), (B, 2D)
+            shift, scale = mods[0].chunk(6, dim=1)[:2]
+            h = modulate(x, shift, scale, eps)                                   # (B, T, D) input to attn 0
         for i, block in enumerate(self.blocks):
             _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[i].chunk(6, dim=1)   # 6 × (B, D)
-            x, h = gated_adaln(x, block.attn(h, backend), gate_msa, shift_mlp, scale_mlp, eps)
             shift, scale = mods[i + 1].chunk(6 if i + 1 < len(self.blocks) else 2, dim=1)[:2]
-            x, h = gated_adaln(x, block.mlp(h), gate_mlp, shift, scale, eps)  # h: next block's attn input
-        return self.unpatchify(self.final_layer.linear(h))                    # (B, C, H, W)
+            with nvtx_range(f"block{i}.attn"):
+                x, h = gated(x, block.attn(h, backend), gate_msa, shift_mlp, scale_mlp, eps)
+            with nvtx_range(f"block{i}.mlp"):
+                x, h = gated(x, block.mlp(h), gate_mlp, shift, scale, eps)   # h: next block's attn input
+        with nvtx_range("final_layer"):
+            return self.unpatchify(self.final_layer.linear(h))                # (B, C, H, W)
 
     def unpatchify(self, x):
         """(B, T, p·p·C) -> (B, C, H, W)."""

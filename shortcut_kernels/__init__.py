@@ -1,9 +1,10 @@
 """Fused Triton kernels for shortcut / DiT models, each with a pure-PyTorch reference beside it."""
-from .adaln import adaln_modulate_ref, gated_adaln_ref
+from .adaln import adaln_modulate, adaln_modulate_ref, gated_adaln, gated_adaln_ref
 from .attention import (attention, attention_qkvpacked, attention_ref, flash_attn_available,
                         flash_attn_qkvpacked)
-from .conditioning import timestep_embedding_ref
+from .conditioning import (adaln_projections, timestep_embedding_ref, timestep_features,
+                           timestep_features_ref)
 
-__all__ = ["adaln_modulate_ref", "gated_adaln_ref",
+__all__ = ["adaln_modulate", "adaln_modulate_ref", "gated_adaln", "gated_adaln_ref",
            "attention", "attention_qkvpacked", "attention_ref", "flash_attn_available", "flash_attn_qkvpacked",
-           "timestep_embedding_ref"]
+           "adaln_projections", "timestep_embedding_ref", "timestep_features", "timestep_features_ref"]
