@@ -9,9 +9,9 @@ x, branch (B, T, D) contiguous; shift, scale, gate (B, D), broadcast over the T 
 adaLN output, and are read in place (no copy).
 
 Supported: fp32, fp16, bf16, mixed (under CUDA bf16 autocast the residual stream x is fp32 while
-branch/gate/shift/scale are bf16). Statistics are fp32. Output dtypes follow PyTorch promotion, as the
-reference does under autocast: x2 has dtype promote(x, gate, branch); h has promote(x2, shift, scale)
-unless `out_dtype` asks for another (ShortcutDiT passes the autocast dtype: h only feeds Linear layers,
+branch/gate/shift/scale are bf16). Statistics are fp32. Output dtypes are the reference's: x2 has dtype
+promote(x, gate, branch) and h has the dtype of the normalised tensor (x, or x2) unless `out_dtype` asks
+for another (ShortcutDiT passes the autocast dtype: h only feeds Linear layers,
 which would cast it anyway, so writing bf16 saves a fp32 write and a cast kernel). float64 inputs, CPU
 tensors outside the Triton interpreter and machines without Triton run the references.
 Not supported: D > 16384 (a row lives in registers), non-contiguous x or branch (an error, not a copy).
@@ -157,7 +157,7 @@ def _bwd_chunks(B, T, device):
 
 def _out_dtypes(x, branch, gate, shift, scale, out_dtype):
     x2_dtype = x.dtype if branch is None else torch.promote_types(x.dtype, torch.promote_types(gate.dtype, branch.dtype))
-    h_dtype = out_dtype or torch.promote_types(x2_dtype, torch.promote_types(shift.dtype, scale.dtype))
+    h_dtype = out_dtype or x2_dtype   # the reference: LN(x2) keeps x2's dtype, the modulation casts back
     return x2_dtype, h_dtype
 
 
@@ -352,7 +352,7 @@ def _use_kernel(*tensors):
 def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):
     """LN(x)·(1 + scale) + shift, fused. x (B, T, D) contiguous; shift, scale (B, D), any strides.
 
-    Returns h (B, T, D) of dtype `out_dtype`, or promote(x, shift, scale) when None. Differentiable in
+    Returns h (B, T, D) of dtype `out_dtype`, or x's dtype when None. Differentiable in
     x, shift and scale. See the module docstring for dtypes and fallbacks.
     """
     _check(x, shift, scale, eps, out_dtype)
@@ -367,7 +367,7 @@ def gated_adaln(x, branch, gate, shift, scale, eps=1e-6, *, out_dtype=None):
     """x2 = x + gate·branch; h = LN(x2)·(1 + scale) + shift, in one pass. Returns (x2, h).
 
     x, branch (B, T, D) contiguous; gate, shift, scale (B, D), any strides. x2 has dtype
-    promote(x, gate, branch); h has `out_dtype`, or promote(x2, shift, scale) when None.
+    promote(x, gate, branch); h has `out_dtype`, or x2's dtype when None.
     Differentiable in all five tensors.
     """
     _check(x, shift, scale, eps, out_dtype, branch, gate)
