@@ -1,6 +1,7 @@
 """Attention: non-causal softmax attention in the (B, H, T, Dh) layout of F.scaled_dot_product_attention.
 
-Flash attention (online softmax, fp32 accumulation, log-sum-exp saved for the backward) in Triton:
+Flash attention (online softmax, fp32 accumulation, log-sum-exp saved for the backward: base 2, fp32,
+(B, H, T), the second output of the forward custom ops) in Triton:
 
     o = attention(q, k, v, scale=None)        # q, k, v (B, H, T, Dh) -> o (B, H, T, Dh)
     o = attention_qkvpacked(qkv, scale=None)  # qkv (B, T, 3, H, Dh) -> o (B, T, H, Dh)
@@ -152,8 +153,9 @@ if _HAS_TRITON:
         _store_tile(o_base, acc0 * inv_l[:, None], offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM)
         if D1 > 0:
             _store_tile(o_base, acc1 * inv_l[:, None], offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM)
-        # natural-log LSE of the scaled scores: (m + log2 l)·ln 2
-        tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.log2(l_i)) / 1.4426950408889634, mask=mask_m)
+        # LSE in base 2 (= log2(e)·logsumexp(scale·q·kᵀ)): the backward subtracts it from base-2 scores as
+        # they are; a round trip through natural log costs ~1e-5 relative in p once |scores| ~ 200.
+        tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
     @triton.jit
     def _attn_bwd_delta_kernel(
@@ -228,7 +230,7 @@ if _HAS_TRITON:
             mask_m = offs_m < T
             q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)        # (BM, D0)
             do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM)
-            lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+            lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0)
             delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
             st = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                # (BN, BM)
             dpt = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)              # (dO·Vᵀ)ᵀ
@@ -237,8 +239,8 @@ if _HAS_TRITON:
                 do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
                 st += tl.dot(k1, tl.trans(q1), input_precision=DOT_PRECISION)
                 dpt += tl.dot(v1, tl.trans(do1), input_precision=DOT_PRECISION)
+            # Padded query rows need no mask: q = do = lse = delta = 0 there, so pt = 1 meets do = q = 0.
             pt = tl.exp2(st * qk_scale - lse2[None, :])                                 # Pᵀ, recomputed
-            pt = tl.where(mask_m[None, :], pt, 0.0)
             dst = pt * (dpt - delta[None, :])                                           # dSᵀ
             dv0 += tl.dot(pt.to(do0.dtype), do0, input_precision=DOT_PRECISION)
             dk0 += tl.dot(dst.to(q0.dtype), q0, input_precision=DOT_PRECISION)
@@ -291,7 +293,7 @@ if _HAS_TRITON:
             q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)
             do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
             dq1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
-        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
 
         for start_n in range(0, T, BLOCK_N):
@@ -307,7 +309,9 @@ if _HAS_TRITON:
                 s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
                 dp += tl.dot(do1, tl.trans(v1), input_precision=DOT_PRECISION)
             p = tl.exp2(s * qk_scale - lse2[:, None])
-            p = tl.where(mask_n[None, :], p, 0.0)                                       # padded keys
+            # Padded keys read k = v = 0, so p = exp2(-lse2): inf once every real score is below ~-88
+            # (inf·0 = NaN in ds·k). Zero them.
+            p = tl.where(mask_n[None, :], p, 0.0)
             ds = p * (dp - delta[:, None])
             dq0 += tl.dot(ds.to(k0.dtype), k0, input_precision=DOT_PRECISION)
             if D1 > 0:
@@ -321,7 +325,7 @@ if _HAS_TRITON:
 
 # ----------------------------------------------------------------------------------------------------
 # Launchers: checks, head-dim tiling, grids. q, k, v, o, do, dq, dk, dv are (B, H, T, Dh)-indexed views
-# with arbitrary strides; lse and delta are contiguous fp32 (B, H, T).
+# with arbitrary strides; lse (base-2 log-sum-exp) and delta are contiguous fp32 (B, H, T).
 # ----------------------------------------------------------------------------------------------------
 def _head_blocks(head_dim, split=True):
     """(D0, D1): power-of-two tile widths covering head_dim, D0 <= head_dim unmasked, D1 masked (0: none).
@@ -468,6 +472,7 @@ def _(do, q, k, v, o, lse, scale):
 def _attention_setup(ctx, inputs, output):
     q, k, v, scale = inputs
     o, lse = output
+    ctx.mark_non_differentiable(lse)   # saves autograd a zeros(B, H, T) for its unused gradient
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.scale = scale
 
@@ -514,6 +519,7 @@ def _(do, qkv, o, lse, scale):
 def _attention_qkvpacked_setup(ctx, inputs, output):
     qkv, scale = inputs
     o, lse = output
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(qkv, o, lse)
     ctx.scale = scale
 
