@@ -320,7 +320,7 @@ class ShortcutDiT(nn.Module):
             gated = functools.partial(gated_adaln, out_dtype=cast)
         else:
             modulate, gated = adaln_modulate_ref, gated_adaln_ref
-        with nvtx_range("embed"):
+        with nvtx_range("patch_embed"):
             # pos_embed first: the sum takes its contiguous layout (the kernels need contiguous rows);
             # .contiguous() is then free, and only a guard.
             x = (self.pos_embed + self.x_embedder(x).flatten(2).transpose(1, 2)).contiguous()   # (B, T, D)

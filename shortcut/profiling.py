@@ -5,8 +5,8 @@
     with prof.nvtx_range("sample"):
         ...
 
-then `nsys profile -t cuda,nvtx python ...` shows the model's ranges (embed, block{i}.attn,
-block{i}.mlp, final_layer) and whatever the caller adds. Ranges go to the "shortcut" NVTX domain.
+then `nsys profile -t cuda,nvtx python ...` shows the model's ranges (embed = conditioning, patch_embed,
+block{i}.attn, block{i}.mlp, final_layer) and whatever the caller adds. Ranges go to the "shortcut" NVTX domain.
 
 When off, `nvtx_range` returns one shared no-op context: no marker, no allocation, no device work.
 Under torch.compile the ranges are skipped (NVTX calls are Python side effects Dynamo cannot trace);
