@@ -86,8 +86,8 @@ def build_parser():
     de.add_argument("--per-class", type=int, default=100, help="samples per class for evaluation")
     de.add_argument("--device", default="auto")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint at several step counts")
-    ev.add_argument("--ckpt", required=True)
+    ev = sub.add_parser("eval", help="evaluate checkpoints at several step counts (one column group each)")
+    ev.add_argument("--ckpt", required=True, nargs="+")
     ev.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
     ev.add_argument("--per-class", type=int, default=100)
     ev.add_argument("--live", action="store_true", help="evaluate the live weights instead of the EMA")
@@ -121,32 +121,39 @@ def main(argv=None):
         sample_cmd(args)
 
 
-def _load(args):
+def _load(args, ckpt):
     from .train import model_from_checkpoint, resolve_device
     device = resolve_device(args.device)
-    model, cfg = model_from_checkpoint(args.ckpt, use_ema=not getattr(args, "live", False))
+    model, cfg = model_from_checkpoint(ckpt, use_ema=not getattr(args, "live", False))
     return model.to(device), cfg, device
 
 
 def eval_cmd(args):
     from .data import make_dataset
     from .eval import evaluate_2d, evaluate_digits, format_table
-    model, cfg, device = _load(args)
-    if cfg.data == "digits":
-        rows = evaluate_digits(model, args.steps, per_class=args.per_class, device=device)
-        print(format_table({"model": rows}, ["accuracy", "fd"]))
-    elif not make_dataset(cfg.data).is_image:
-        rows = evaluate_2d(model, cfg.data, args.steps, device=device)
-        print(format_table({"model": rows}, ["energy", "swd"]))
-    else:
-        raise SystemExit(f"no evaluation for data {cfg.data!r}")
+    results, metrics = {}, None
+    for ckpt in args.ckpt:
+        model, cfg, device = _load(args, ckpt)
+        name = os.path.basename(os.path.dirname(os.path.abspath(ckpt))) or ckpt
+        if cfg.data == "digits":
+            results[name] = evaluate_digits(model, args.steps, per_class=args.per_class, device=device)
+            kind = ["accuracy", "fd"]
+        elif not make_dataset(cfg.data).is_image:
+            results[name] = evaluate_2d(model, cfg.data, args.steps, device=device)
+            kind = ["energy", "swd"]
+        else:
+            raise SystemExit(f"no evaluation for data {cfg.data!r} ({ckpt})")
+        if metrics not in (None, kind):
+            raise SystemExit(f"--ckpt: checkpoints of different kinds of data cannot share a table ({ckpt})")
+        metrics = kind
+    print(format_table(results, metrics))
 
 
 def sample_cmd(args):
     from .data import make_dataset
     from .eval import grid_image, scatter_image
     from .sampler import sample
-    model, cfg, device = _load(args)
+    model, cfg, device = _load(args, args.ckpt)
     data = make_dataset(cfg.data)
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *data.shape, generator=g).to(device)

@@ -144,7 +144,7 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
     main(["eval", "--ckpt", str(out / CHECKPOINT), "--steps", "1", "2"])
     table = capsys.readouterr().out
-    assert "| steps | model energy | model swd |" in table and "| 2 |" in table
+    assert "| steps | cli energy | cli swd |" in table and "| 2 |" in table
     png = tmp_path / "s.png"
     main(["sample", "--ckpt", str(out / CHECKPOINT), "--steps", "1", "4", "--n", "20", "--out", str(png),
           "--graph"])
