@@ -2,8 +2,8 @@
 from .config import PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
 from .model import ShortcutDiT, ShortcutMLP
 from .objective import ShortcutBatch, shortcut_loss, shortcut_targets
-from .sampler import sample
+from .sampler import GraphSampler, sample
 from .train import train
 
 __all__ = ["PRESETS", "ModelConfig", "ObjectiveConfig", "TrainConfig", "ShortcutDiT", "ShortcutMLP",
-           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "train"]
+           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "GraphSampler", "train"]

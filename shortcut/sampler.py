@@ -60,3 +60,7 @@ def sample(model, noise, steps=1, y=None, cfg_scale=1.0, return_trajectory=False
         x = x + d * guided_velocity(model, x, t, k, y, cfg_scale, null).to(x.dtype)
         traj.append(x)
     return (x, traj) if return_trajectory else x
+
+
+# The CUDA-graph sampler lives in graph.py (it imports this module's helpers, so it is imported last).
+from .graph import GraphSampler  # noqa: E402,F401
