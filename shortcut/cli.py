@@ -164,8 +164,9 @@ def sample_cmd(args):
     for s in args.steps:
         if args.graph and device.type == "cuda":
             from .sampler import GraphSampler
+            # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path: cast the noise.
             gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale)
-            rows.append(gs(noise, y).float().cpu())
+            rows.append(gs(noise.to(gs.dtype), y).float().cpu())
         else:
             rows.append(sample(model, noise, s, y=y, cfg_scale=args.cfg_scale).float().cpu())
     img = grid_image(rows) if data.is_image else scatter_image(rows)
