@@ -18,7 +18,6 @@ On CPU the Triton provider runs only when TRITON_INTERPRET=1 was set before the 
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from common import measure
 from shortcut import ModelConfig, ShortcutDiT
