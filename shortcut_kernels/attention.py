@@ -443,7 +443,8 @@ def _unpack(qkv):
 # Custom ops (what torch.compile sees) and their autograd.
 # ----------------------------------------------------------------------------------------------------
 @torch.library.custom_op("shortcut_kernels::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, T, Dh = q.shape
     o = q.new_empty(B, T, H, Dh).transpose(1, 2)          # (B, H, T, Dh) view of (B, T, H, Dh) memory
     lse = q.new_empty(B, H, T, dtype=torch.float32)
