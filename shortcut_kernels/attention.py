@@ -25,6 +25,8 @@ D1 = 16 masked ones (64 + 16 = 80 ≥ 72), each with its own tl.dot; the matmuls
 useful work. Padding to the next power of two (128, what the Triton tutorial would need) would do 1.78×,
 and flash-attn's 96-wide kernel 1.33×. Same rule for 40/48 (32 + 16), 80 (64 + 16), 88/96 (64 + 32);
 where two tiles would cost as much as the next power of two (56, 104…120) one padded tile is used.
+These are matmul-FLOP ratios; bench/test_bench_attention.py times the split against the 128 padding
+(provider "triton_pad128") on a GPU.
 
 Each op is a `torch.library.custom_op` (forward and backward separately, gradient via
 `register_autograd`), so `torch.compile(fullgraph=True)` sees one opaque node and no graph break.
