@@ -52,7 +52,6 @@ else:
 STEPS = [1, 4]
 
 _models = {}
-_samplers = {}
 
 
 def _model(preset, variant):
@@ -123,7 +122,6 @@ def test_sampler(benchmark, preset, B, steps, provider):
     else:
         gs = GraphSampler(model, B, steps, cond_cache=provider == "graph")
         assert gs.graphed and (gs.cond_cache is not None) == (provider == "graph")
-        _samplers[preset, B, steps, provider] = gs   # keep its capture alive across rounds
 
         def fn():
             return gs(noise, y)

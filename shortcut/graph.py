@@ -11,20 +11,22 @@ cost milliseconds of host time, while the GPU work is ~0.1 ms (262 MB of bf16 we
 
 Conditioning cache. With `steps` fixed, step i sees t = i/steps and k = log2(steps) for every sample, so
 c and every block's adaLN vectors depend only on (i, y). `ConditioningCache` computes them once for
-every label (or a subset) into one table; the sampler then gathers its rows once per call and skips the
+every label (or a subset) into one table; the sampler gathers its rows once per call and skips the
 embedders and the adaLN projections at every step. Those projections are a third of a DiT's weights
-(6D² of each block's 18D²: 87 of DiT-B/2's 262 MB in bf16), which a batch-1 step must read from memory
-whatever the batch. Launches (counted on CPU with TorchDispatchMode, DiT-B/2, batch 1, kernels="torch"):
-261 aten ops per eager step (4 of them host syncs of the CPU-only label check), 226 through the cache,
-plus 7 once per call for the label -> row gather. The table costs
-(labels + 1) · steps · (6·depth + 2)·D elements: 114 MB per step for DiT-B/2 with 1000 classes in bf16,
-394 MB for DiT-XL/2; `cond_cache="auto"` keeps it under 1 GiB, `labels=` restricts it to the labels in use.
+(6D² of each block's 18D²: 87 of DiT-B/2's 262 MB in bf16), which every step must read from memory
+whatever the batch. Launches (TorchDispatchMode on CPU, DiT-B/2, batch 1, kernels="torch"): 261 aten
+ops per eager step (4 of them the CPU-only label check), 226 through the cache, plus 7 once per call
+for the label -> row gather; the fused path (one sinusoid kernel, one adaLN GEMM) saves fewer launches,
+the weight traffic is the same. The table holds (labels + 1) · steps · (6·depth + 2)·D elements:
+114 MB per step for DiT-B/2 with 1000 classes in bf16, 394 MB for DiT-XL/2; `cond_cache="auto"` builds
+it up to 1 GiB, `labels=` restricts it to the labels in use.
 
 Weights. The graph reads the parameters in place, so in-place updates (`load_state_dict`, optimiser
 steps, EMA) are seen by the next replay; the conditioning table is recomputed when a parameter's
-version counter moved (checked per call, ~10 µs for DiT-B/2's 136 tensors). Weights that were
-*replaced* (`model.to(...)`, `.half()`, `param.data = ...`, `load_state_dict(assign=True)`) raise an
-error on the next call: `gs.refresh()` captures again. `check_weights=False` skips the per-call check.
+version counter moved. The per-call check (pointers and versions of DiT-B/2's 136 tensors) took ~12 µs
+on a busy 2-core CPU. Weights that were *replaced* (`model.to(...)`, `.half()`, `param.data = ...`,
+`load_state_dict(assign=True)`) raise an error on the next call: `gs.refresh()` captures again.
+`check_weights=False` skips the check; call `refresh()` yourself after changing the weights.
 
 RNG (`seeded=True`). Noise is a pure function of (seed, element index): a counter-based integer hash
 (lowbias32) turned into normals by Box-Muller, see `seeded_noise`. No generator state is read or
@@ -356,7 +358,8 @@ class _ModelGraphs:
 
     def __init__(self):
         self.entries = collections.OrderedDict()
-        self.pool = None
+        self.pools = {}        # device -> graph pool handle
+        self.hook = None       # the model's load_state_dict post-hook
 
     def get(self, key, make):
         entry = self.entries.get(key)
@@ -370,10 +373,12 @@ class _ModelGraphs:
         return entry
 
     def pool_for(self, device):
-        if device.type == "cuda" and self.pool is None:
+        if device.type != "cuda":
+            return None
+        if device not in self.pools:
             with torch.cuda.device(device):
-                self.pool = torch.cuda.graph_pool_handle()
-        return self.pool
+                self.pools[device] = torch.cuda.graph_pool_handle()
+        return self.pools[device]
 
 
 _GRAPHS = weakref.WeakKeyDictionary()   # model -> _ModelGraphs; dies with the model
@@ -384,7 +389,7 @@ def _graphs_of(model):
     if graphs is None:
         graphs = _GRAPHS[model] = _ModelGraphs()
         # load_state_dict(assign=True) swaps Parameter objects: make the next call re-list them.
-        _unwrap(model).register_load_state_dict_post_hook(_on_load_state_dict)
+        graphs.hook = _unwrap(model).register_load_state_dict_post_hook(_on_load_state_dict)
     return graphs
 
 
@@ -397,10 +402,10 @@ def _on_load_state_dict(module, incompatible_keys):
 
 def clear_graphs(model=None):
     """Forget the captured loops of `model` (all models when None). Live GraphSamplers keep theirs."""
-    if model is None:
-        _GRAPHS.clear()
-    else:
-        _GRAPHS.pop(model, None)
+    for key in list(_GRAPHS) if model is None else [model]:
+        graphs = _GRAPHS.pop(key, None)
+        if graphs is not None:
+            graphs.hook.remove()
 
 
 def _cached_graphs(model):
@@ -434,7 +439,8 @@ class GraphSampler:
     An fp32 model sampling in fp16/bf16 runs under autocast; a half model needs its own dtype.
     seeded: draw the noise inside the graph from `gs(seed=...)` (see `seeded_noise`) instead of copying
     it in. cond_cache: True / False / "auto" (on for uncompiled ShortcutDiTs when the table fits
-    COND_CACHE_AUTO_BYTES); labels: restrict the table to these labels (others give NaN images).
+    COND_CACHE_AUTO_BYTES); labels: restrict the table to these labels (others give NaN images; no
+    effect without the cache).
     check_weights: per call, compare parameter pointers and versions with the capture's (see module doc).
 
     gs(noise, y) -> x1 (a fresh tensor); noise (batch_size, *shape) of `dtype` on the model's device;
@@ -495,7 +501,9 @@ class GraphSampler:
             return True
         if model is not net:   # compiled: the cached block loop would bypass the compiled forward
             return False
-        cfg = net.cfg
+        cfg = getattr(net, "cfg", None)
+        if cfg is None:
+            return True
         width = (6 * cfg.depth + 2) * cfg.hidden_size
         rows = len(labels_key) if labels_key is not None else net.null_label + 1
         elsize = torch.empty(0, dtype=dtype).element_size()
