@@ -36,8 +36,9 @@ of a batch do not depend on the batch size.
 
 Captured loops live in a small per-model cache (`MAX_GRAPHS` entries, least recently used dropped)
 keyed by batch size, steps, CFG scale, dtype and options, all sharing one memory pool: building a
-GraphSampler twice with the same arguments captures once. Static inputs and outputs of every graph stay
-referenced, so graphs replayed in any order never see each other's live buffers. Not thread-safe.
+GraphSampler twice with the same arguments captures once. Sharing is safe in any replay order: static
+inputs are allocated outside the pool, and each replay's output is cloned before another graph can run,
+so a graph never needs pool memory to survive someone else's replay. Not thread-safe (one stream).
 On a CPU model nothing is captured: the same static-buffer loop runs eagerly (`gs.graphed` is False).
 """
 import collections
