@@ -146,6 +146,14 @@ class TrainConfig:
     resume: bool = False               # continue from out_dir/checkpoint.pt
     threads: int = 0                   # torch CPU threads; 0 leaves torch's default
     progress: bool = True
+    # Scale-out (shortcut/distributed.py): batch_size is the global batch, split into
+    # world_size × grad_accum equal shards; each shard has its own random stream.
+    grad_accum: int = 1                # micro-batches per rank per optimizer step
+    parallel: str = "ddp"              # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard, torch >= 2.6)
+    # Image folders / latents (shortcut/data.py)
+    image_size: int = 0                # image folders: center-crop + resize to this side (0: as stored)
+    random_flip: bool = True           # image folders: random horizontal flips
+    num_workers: int = 4               # DataLoader workers for image folders and latents
 
     def __post_init__(self):
         if isinstance(self.objective, dict):
@@ -161,6 +169,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        for name in ("grad_accum",):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        for name in ("image_size", "num_workers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {v!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"TrainConfig.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -1,22 +1,36 @@
 """The training loop: shortcut objective, AdamW, EMA, bf16 autocast on CUDA, JSONL metrics, sample grids,
-atomic checkpoints and exact resume.
+atomic checkpoints and exact resume — on one process or many (torchrun + DDP, or FSDP2).
 
     python -m shortcut train --data digits --steps 2000 --out-dir runs/digits
+    torchrun --nproc-per-node 8 -m shortcut train --recipe imagenet256-dit-b2 --data latents:/data/in256
+
+How the work is split (see shortcut/distributed.py): the global batch `batch_size` is cut into
+world_size × grad_accum equal shards, each with its own generator; the bootstrap items of the global batch
+(int(batch_size · bootstrap_fraction), as on one process) are dealt out over the shards. Gradients are the
+mean over all items; metrics are reduced over ranks (item-weighted); rank 0 alone writes metrics,
+checkpoints and grids. A checkpoint holds full (unsharded) weights and every shard's generator state, so
+it resumes on any world size, exactly when world_size × grad_accum is unchanged.
 """
+import contextlib
 import copy
+import dataclasses
 import json
-import math
 import os
 import sys
 import time
+import types
+import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from . import distributed as D
 from .config import ModelConfig, TrainConfig
-from .data import make_dataset
+from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
 from .model import ShortcutDiT, ShortcutMLP
 from .objective import shortcut_loss, shortcut_targets
+from .profiling import nvtx_range
 from .sampler import sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -24,11 +38,13 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class TrainResult:
-    model: torch.nn.Module
+    model: torch.nn.Module     # the live weights (the user's module, not the DDP wrapper)
     ema: torch.nn.Module
     step: int
-    history: list = field(default_factory=list)   # one dict per logged step
+    history: list = field(default_factory=list)   # one dict per logged step (identical on every rank)
     out_dir: str = ""
+    rank: int = 0
+    world_size: int = 1
 
 
 def resolve_device(name):
@@ -40,8 +56,20 @@ def resolve_device(name):
     return dev
 
 
+def data_shape(info):
+    """A Dataset, or the `info()` dict a checkpoint keeps, as an object with shape / num_classes / is_image."""
+    if isinstance(info, dict):
+        return types.SimpleNamespace(shape=tuple(info["shape"]), num_classes=info["num_classes"],
+                                     is_image=len(info["shape"]) == 3, latent=info.get("latent"))
+    return info
+
+
 def build_model(cfg: TrainConfig, dataset):
-    """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data."""
+    """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data.
+
+    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store).
+    """
+    dataset = data_shape(dataset)
     preset = cfg.preset
     if preset == "auto":
         preset = "digits" if dataset.is_image else "mlp"
@@ -57,21 +85,39 @@ def build_model(cfg: TrainConfig, dataset):
     return ShortcutDiT(mcfg, kernels=cfg.kernels)
 
 
+def load_checkpoint(path, map_location="cpu"):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
 def model_from_checkpoint(ckpt, use_ema=True, kernels="auto", map_location="cpu"):
-    """Rebuild the (EMA) model of a checkpoint path or loaded dict."""
+    """Rebuild the (EMA) model of a checkpoint path or loaded dict. Returns (model in eval mode, TrainConfig)."""
     if isinstance(ckpt, (str, os.PathLike)):
-        ckpt = torch.load(ckpt, map_location=map_location, weights_only=False)
+        ckpt = load_checkpoint(ckpt, map_location)
     cfg = TrainConfig.from_dict(ckpt["config"])
     cfg.kernels = kernels
-    model = build_model(cfg, make_dataset(cfg.data))
+    model = build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     return model.eval(), cfg
 
 
+def checkpoint_data_info(ckpt):
+    """The data description of a checkpoint (older checkpoints: rebuilt from the built-in dataset name)."""
+    if ckpt.get("data_info"):
+        return ckpt["data_info"]
+    return make_dataset(ckpt["config"]["data"]).info()
+
+
+def _local(t):
+    """The local shard of an FSDP2 DTensor parameter, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 @torch.no_grad()
 def ema_update(ema, model, decay):
-    """ema ← decay·ema + (1 − decay)·model, for parameters; buffers copied."""
-    e, m = list(ema.parameters()), list(model.parameters())
+    """ema ← decay·ema + (1 − decay)·model, for parameters; buffers copied. FSDP2: on the local shards."""
+    e, m = [_local(p) for p in ema.parameters()], [_local(p) for p in model.parameters()]
     torch._foreach_lerp_(e, m, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
@@ -80,23 +126,29 @@ def ema_update(ema, model, decay):
 def save_atomic(obj, path):
     """torch.save to a temporary file then rename: a crash never leaves a half-written checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class Progress:
     """A one-line progress bar on stderr: step, loss, it/s."""
 
-    def __init__(self, total, start, enabled):
-        self.total, self.enabled, self.t0, self.s0 = total, enabled, time.perf_counter(), start
+    def __init__(self, total, start, enabled, unit="it"):
+        self.total, self.enabled, self.t0, self.s0, self.unit = total, enabled, time.perf_counter(), start, unit
 
-    def update(self, step, loss):
+    def update(self, step, loss=None):
         if not self.enabled:
             return
         rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
         width = 24
-        done = int(width * step / self.total)
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total} loss {loss:.4f} {rate:.1f} it/s")
+        done = int(width * step / max(self.total, 1))
+        tail = f" loss {loss:.4f}" if loss is not None else ""
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total}{tail} "
+                         f"{rate:.1f} {self.unit}/s")
         sys.stderr.flush()
 
     def close(self):
@@ -104,94 +156,278 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def data_options(cfg):
+    """Keyword arguments for make_dataset: built-in datasets take none; folders and latents take the image ones."""
+    if cfg.data == "digits" or cfg.data in TOY_2D:
+        return {}
+    return {"image_size": cfg.image_size, "random_flip": cfg.random_flip}
+
+
+def _shard_objective(obj, b, nb):
+    """The ObjectiveConfig that makes shortcut_targets put exactly nb of its b items in the bootstrap part.
+
+    shortcut_targets takes int(b · bootstrap_fraction) items; (nb + ½)/b lands on nb without rounding risk.
+    On one process nb == int(b · fraction) and the config passes through untouched (identical runs).
+    """
+    if obj.objective != "shortcut" or int(b * obj.bootstrap_fraction) == nb:
+        return obj
+    if nb >= b:
+        raise ValueError(f"a shard of {b} items would hold {nb} bootstrap items and no flow item: raise "
+                         f"batch_size or lower world_size × grad_accum")
+    return dataclasses.replace(obj, bootstrap_fraction=(nb + 0.5) / b)
+
+
+class _Batches:
+    """This rank's micro-batches: sampled datasets draw from the shard's generator (as one process always
+    did); indexed datasets (image folders, latents) come from a DataLoader over StreamSampler."""
+
+    def __init__(self, dataset, cfg, env, shards, num_shards, start, device):
+        self.dataset, self.b = dataset, cfg.batch_size // num_shards
+        self.iter = None
+        if dataset.indexed:
+            sampler = StreamSampler(len(dataset), cfg.batch_size, num_shards, shards, start, cfg.steps,
+                                    cfg.seed, dataset.random_flip)
+            self.iter = iter(stream_loader(dataset, sampler, cfg.num_workers, pin_memory=device.type == "cuda"))
+
+    def next(self, generator):
+        if self.iter is not None:
+            return next(self.iter)
+        return self.dataset.batch(self.b, generator)
+
+
 def train(cfg: TrainConfig):
-    """Train a shortcut (or flow-matching) model as `cfg` says; returns TrainResult."""
+    """Train a shortcut (or flow-matching) model as `cfg` says; returns TrainResult.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this with the same cfg; see the module docstring.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    env = D.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, env)
+    finally:
+        D.teardown(env)
+
+
+def _train(cfg, env):
+    device = env.device
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    A = cfg.grad_accum
+    S = env.world_size * A
+    if cfg.batch_size % S:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world_size × grad_accum "
+                         f"({env.world_size} × {A} = {S}): it is the global batch, split into equal shards")
+    shards = list(range(env.rank * A, (env.rank + 1) * A))
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT)
 
-    dataset = make_dataset(cfg.data)
+    dataset = make_dataset(cfg.data, **data_options(cfg))
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, dataset).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    raw = build_model(cfg, dataset).to(device)
+    ema = copy.deepcopy(raw).requires_grad_(False).eval()
+    fsdp = env.distributed and cfg.parallel == "fsdp"
+    model = D.wrap_model(raw, env, cfg.parallel)
+    if fsdp:
+        D.wrap_model(ema, env, "fsdp")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)     # data order, noise, t, levels, label dropout
+    # One generator per shard: data order (sampled datasets), noise, t, levels, label dropout.
+    gens = D.shard_generators(cfg.seed, shards)
     start = 0
 
     if cfg.resume:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu" if fsdp else device, weights_only=False)
         _check_resumable(ckpt["config"], cfg)
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["rng"]["generator"])
+        start = ckpt["step"]
+        _load_weights(ckpt, model, raw, ema, opt, fsdp)
+        gens = _resume_generators(ckpt, cfg, shards, S, env)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        start = ckpt["step"]
+        del ckpt
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    _truncate_metrics(metrics_path, start)
+    if env.is_main:
+        _truncate_metrics(metrics_path, start)
+    data_info = dataset.info()
 
     def checkpoint(step):
-        save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                     "step": step, "config": cfg.to_dict(),
-                     "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
-                    ckpt_path)
+        states = [s for rank_states in D.gather_objects([g.get_state() for g in gens], env) for s in rank_states]
+        weights = _full_state(model, raw, ema, opt, fsdp)
+        if env.is_main:
+            save_atomic({**weights, "step": step, "config": cfg.to_dict(), "data_info": data_info,
+                         "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
+                         "rng": {"generator": states[0], "generators": states, "torch": torch.get_rng_state(),
+                                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
+                        ckpt_path)
+        D.barrier(env)
 
+    batches = _Batches(dataset, cfg, env, shards, S, start, device)
+    decode = _decoder(dataset, device) if env.is_main or fsdp else None
+    target_net = ema if cfg.targets == "ema" else raw
     history = []
-    bar = Progress(cfg.steps, start, cfg.progress)
+    bar = Progress(cfg.steps, start, cfg.progress and env.is_main)
     t_last, s_last = time.perf_counter(), start
     model.train()
-    with open(metrics_path, "a") as log:
+    log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
+    with log:
         for step in range(start + 1, cfg.steps + 1):
-            x1, y = dataset.batch(cfg.batch_size, gen)
-            x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            target_net = ema if cfg.targets == "ema" else model
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                batch = shortcut_targets(target_net, x1, y, cfg.objective, generator=gen)
-                loss, parts = shortcut_loss(model, batch)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {step}; stopping. The last good checkpoint "
-                    f"{ckpt_path if os.path.exists(ckpt_path) else '(none yet)'} is left as it was. "
-                    f"Try a lower lr (now {cfg.lr}).")
+            nb = D.bootstrap_counts(cfg.batch_size, cfg.objective.bootstrap_fraction, S, step)
+            sums = []   # per micro-batch: items, loss·n, flow loss·n, flow n, bootstrap loss·n, bootstrap n
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema_update(ema, model, cfg.ema_decay)
+            for a, j in enumerate(shards):
+                with nvtx_range("data"):
+                    x1, y = batches.next(gens[a])
+                    x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                obj = _shard_objective(cfg.objective, x1.shape[0], nb[j])
+                last = a == A - 1
+                with _grad_sync(model, env, fsdp, last):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        with nvtx_range("forward"):
+                            batch = shortcut_targets(target_net, x1, y, obj, generator=gens[a])
+                            loss, parts = shortcut_loss(model, batch)
+                    _check_finite(loss, step, ckpt_path, cfg, env, bar)
+                    with nvtx_range("backward"):
+                        (loss / A if A > 1 else loss).backward()
+                sums.append(_loss_sums(loss, parts, batch))
+            with nvtx_range("optimizer"):
+                opt.step()
+            with nvtx_range("ema"):
+                ema_update(ema, raw, cfg.ema_decay)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-                       "it_s": (step - s_last) / max(now - t_last, 1e-9)}
+                row = {"step": step, **_reduce_metrics(sums, env), "it_s": (step - s_last) / max(now - t_last, 1e-9)}
                 t_last, s_last = now, step
                 history.append(row)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                if env.is_main:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
                 bar.update(step, row["loss"])
-            if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps:
-                save_grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device, cfg.grid_steps)
+            if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps and decode is not None:
+                _grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device, cfg, decode, env)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint(step)
     bar.close()
-    save_grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg.grid_steps)
-    return TrainResult(model, ema, cfg.steps, history, cfg.out_dir)
+    if decode is not None:
+        _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
+    D.barrier(env)
+    return TrainResult(raw, ema, cfg.steps, history, cfg.out_dir, env.rank, env.world_size)
+
+
+def _grad_sync(model, env, fsdp, sync):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if not env.distributed or sync:
+        if fsdp:
+            model.set_requires_gradient_sync(True)
+        return contextlib.nullcontext()
+    if fsdp:
+        model.set_requires_gradient_sync(False)
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _check_finite(loss, step, ckpt_path, cfg, env, bar):
+    """Stop on a non-finite loss — on every rank at once (one rank alone would leave the others waiting)."""
+    flag = loss.detach().float().reshape(1)
+    if env.distributed:
+        flag = D.all_reduce_sum(flag.clone(), env)
+    if not torch.isfinite(flag).all():
+        bar.close()
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at step {step}; stopping. The last good checkpoint "
+            f"{ckpt_path if os.path.exists(ckpt_path) else '(none yet)'} is left as it was. "
+            f"Try a lower lr (now {cfg.lr}).")
+
+
+def _loss_sums(loss, parts, batch):
+    """Item-weighted sums in float64 (exact for the one-shard case: x·n/n == x for a float32 x)."""
+    n, nb = batch.t.shape[0], batch.num_bootstrap
+    zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+    lf, lb = parts.get("loss_flow"), parts.get("loss_bootstrap")
+    return torch.stack([zero + n, loss.detach().double() * n,
+                        lf.double() * (n - nb) if lf is not None else zero, zero + (n - nb),
+                        lb.double() * nb if lb is not None else zero, zero + nb])
+
+
+def _reduce_metrics(sums, env):
+    s = D.all_reduce_sum(torch.stack(sums).sum(0), env).tolist()
+    row = {"loss": s[1] / s[0]}
+    if s[3]:
+        row["loss_flow"] = s[2] / s[3]
+    if s[5]:
+        row["loss_bootstrap"] = s[4] / s[5]
+    return row
+
+
+def _full_state(model, raw, ema, opt, fsdp):
+    """Unsharded model / EMA / optimizer state (on rank 0 for FSDP; every rank holds it under DDP)."""
+    if not fsdp:
+        return {"model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                "optimizer_format": "index"}
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": get_model_state_dict(model, options=o), "ema": get_model_state_dict(ema, options=o),
+            "optimizer": get_optimizer_state_dict(model, opt, options=o), "optimizer_format": "fqn"}
+
+
+def _load_weights(ckpt, model, raw, ema, opt, fsdp):
+    names = [n for n, _ in raw.named_parameters()]
+    optim = ckpt["optimizer"]
+    fmt = ckpt.get("optimizer_format", "index")
+    if not fsdp:
+        raw.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(_optim_to_index(optim, names) if fmt == "fqn" else optim)
+        return
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    o = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=o)
+    set_model_state_dict(ema, ckpt["ema"], options=o)
+    set_optimizer_state_dict(model, opt, _optim_to_fqn(optim, names) if fmt == "index" else optim, options=o)
+
+
+def _optim_to_fqn(sd, names):
+    """torch.optim state_dict keyed by parameter index -> keyed by parameter name (FSDP's full format)."""
+    return {"state": {names[i]: v for i, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+
+
+def _optim_to_index(sd, names):
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+
+
+def _resume_generators(ckpt, cfg, shards, num_shards, env):
+    """The shards' generators as saved; re-seeded from (seed, shard, step) when the shard count changed."""
+    states = ckpt["rng"].get("generators") or [ckpt["rng"]["generator"]]
+    if len(states) == num_shards:
+        gens = [torch.Generator() for _ in shards]
+        for g, j in zip(gens, shards):
+            g.set_state(states[j])
+        return gens
+    if env.is_main:
+        warnings.warn(f"resuming with {num_shards} shards (world_size × grad_accum), the checkpoint was written "
+                      f"with {len(states)}: weights, optimizer and data order continue exactly, the noise "
+                      f"streams are re-seeded (keep world_size × grad_accum to resume bit for bit)", stacklevel=3)
+    step = ckpt["step"]
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, j, step])
+                                              .generate_state(1, np.uint64)[0] >> np.uint64(1))) for j in shards]
 
 
 def _check_resumable(saved, cfg):
     """A checkpoint resumes only a run of the same data, model and objective."""
     new = cfg.to_dict()
-    for key in ("data", "preset", "official", "model_overrides", "objective"):
-        if saved.get(key) != new.get(key):
+    for key in ("data", "preset", "official", "model_overrides", "objective", "image_size"):
+        if saved.get(key, new.get(key)) != new.get(key):
             raise ValueError(f"--resume: checkpoint was trained with {key}={saved.get(key)!r}, "
                              f"this run has {key}={new.get(key)!r}")
+    if saved.get("batch_size", cfg.batch_size) != cfg.batch_size:
+        warnings.warn(f"resuming with batch_size {cfg.batch_size}, the checkpoint used {saved['batch_size']}",
+                      stacklevel=3)
 
 
 def _truncate_metrics(path, step):
@@ -204,17 +440,44 @@ def _truncate_metrics(path, step):
         f.writelines(rows)
 
 
+def _decoder(dataset, device):
+    """Latent data: a function latents -> images through the dataset's VAE; identity otherwise."""
+    if not dataset.latent:
+        return lambda x: x
+    from .encode import load_vae, vae_decode
+    vae = load_vae(dataset.latent["vae"], device)
+    return lambda z: vae_decode(vae, z, dataset.latent["scale_factor"])
+
+
+def _grid(ema, dataset, path, device, cfg, decode, env):
+    """Sample grid on rank 0 (FSDP: every rank samples — the EMA's forward is collective — rank 0 saves)."""
+    save_grid(ema, dataset, path if env.is_main else None, device, cfg.grid_steps, decode=decode)
+
+
 @torch.no_grad()
-def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128), seed=0):
-    """A PNG: one row per step count; for labelled images, one column per class (same noise per column)."""
+def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128), seed=0, decode=None,
+              max_columns=16):
+    """A PNG: one row per step count; for labelled images, one column per class (same noise per column).
+
+    dataset: a Dataset or its info() dict. decode: latents -> images in [-1, 1] (VAE latents); with many
+    classes, `max_columns` classes spread over the label range are shown. path None: sample, save nothing.
+    """
     from .eval import grid_image, scatter_image
+    dataset = data_shape(dataset)
+    decode = decode or (lambda x: x)
     g = torch.Generator().manual_seed(seed)
     if dataset.is_image:
-        n = max(dataset.num_classes, 8)
+        n = min(max(dataset.num_classes, 8), max_columns)
         noise = torch.randn(n, *dataset.shape, generator=g).to(device)
-        y = torch.arange(n, device=device) % dataset.num_classes if dataset.num_classes else None
-        rows = [sample(model, noise, s, y=y).float().cpu() for s in steps]
-        grid_image(rows).save(path)
+        y = None
+        if dataset.num_classes:
+            y = (torch.arange(n) * dataset.num_classes // n if dataset.num_classes > n
+                 else torch.arange(n) % dataset.num_classes).to(device)
+        rows = [decode(sample(model, noise, s, y=y)).float().cpu() for s in steps]
+        if path:
+            grid_image(rows, scale=4 if rows[0].shape[-1] < 64 else 1).save(path)
     else:
         noise = torch.randn(1000, *dataset.shape, generator=g).to(device)
-        scatter_image([sample(model, noise, s).float().cpu() for s in steps]).save(path)
+        img = scatter_image([sample(model, noise, s).float().cpu() for s in steps])
+        if path:
+            img.save(path)
