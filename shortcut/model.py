@@ -30,11 +30,12 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t):
-        return self.project(timestep_embedding_ref(t.float() * self.scale, self.freq_dim))
+        f = timestep_embedding_ref(t.float() * self.scale, self.freq_dim)     # (B, freq_dim) fp32
+        return self.mlp(f.to(self.mlp[0].weight.dtype))                       # (B, D)
 
-    def project(self, f):
-        """The MLP on precomputed sinusoidal features f (B, freq_dim) fp32 -> (B, D)."""
-        return self.mlp(f.to(self.mlp[0].weight.dtype))
+    def linears(self):
+        """(w1, b1, w2, b2) of the MLP, as shortcut_kernels.embed_conditioning takes them."""
+        return self.mlp[0].weight, self.mlp[0].bias, self.mlp[2].weight, self.mlp[2].bias
 
 
 class LabelEmbedder(nn.Module):
@@ -145,8 +146,8 @@ class AdaLNProjections(nn.Module):
         self.weight = nn.Parameter(torch.empty(sum(self.sizes), dim))
         self.bias = nn.Parameter(torch.zeros(sum(self.sizes)))
 
-    def forward(self, c):
-        return adaln_projections(c, self.weight, self.bias, self.sizes)   # depth × (B, 6D), (B, 2D) views
+    def forward(self, c, silu_c=None):
+        return adaln_projections(c, self.weight, self.bias, self.sizes, silu_c)   # depth × (B, 6D), (B, 2D)
 
     def rows(self, index):
         """The rows of projection `index` (block index, or depth for the final layer)."""
@@ -289,22 +290,31 @@ class ShortcutDiT(nn.Module):
             return self.attention
         return "triton" if self.uses_triton(x) else "sdpa"
 
-    def embed(self, t, k, y):
-        """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D). The fused path computes both sinusoids in one kernel."""
-        if not self.uses_triton(t):
-            return self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
-        from shortcut_kernels import timestep_features
-        f = timestep_features(t, k, self.cfg.freq_dim, self.t_embedder.scale, self.k_embedder.scale)  # (2, B, F)
-        return self.t_embedder.project(f[0]) + self.k_embedder.project(f[1]) + self.y_embedder(y)
+    def embed(self, t, k, y, silu=False):
+        """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D); with silu=True, (c, SiLU(c)) for `modulations`.
 
-    def modulations(self, c):
-        """All adaLN vectors from c in one GEMM: depth (B, 6D) views, then the final layer's (B, 2D)."""
-        return self.adaLN(c)
+        The fused path is two launches (shortcut_kernels.embed_conditioning): both embedders' first Linears
+        with the sinusoids computed in registers, then both second Linears, the label row and the sum,
+        writing SiLU(c) as well.
+        """
+        if not self.uses_triton(t):
+            c = self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
+            return (c, F.silu(c)) if silu else c
+        from shortcut_kernels import embed_conditioning
+        c, silu_c = embed_conditioning(t, k, y, self.t_embedder.linears(), self.k_embedder.linears(),
+                                       self.y_embedder.embedding_table.weight, self.t_embedder.scale,
+                                       self.k_embedder.scale)
+        return (c, silu_c) if silu else c
+
+    def modulations(self, c, silu_c=None):
+        """All adaLN vectors from c in one GEMM: depth (B, 6D) views, then the final layer's (B, 2D).
+        silu_c: SiLU(c) from `embed(..., silu=True)`, saving the SiLU launch."""
+        return self.adaLN(c, silu_c)
 
     def forward(self, x, t, k, y):
         self.check_inputs(x, t, k, y)
         with nvtx_range("embed"):
-            mods = self.modulations(self.embed(t, k, y))                         # depth × (B, 6D), (B, 2D)
+            mods = self.modulations(*self.embed(t, k, y, silu=True))             # depth × (B, 6D), (B, 2D)
         return self.forward_with_modulations(x, mods)
 
     def forward_with_modulations(self, x, mods):
