@@ -134,11 +134,22 @@ def wrap_model(model, env, parallel):
         return DDP(model, device_ids=ids)
     if parallel == "fsdp":
         fully_shard = fsdp_fully_shard()
-        for block in getattr(model, "blocks", []):
-            fully_shard(block)
+        for unit in _fsdp_units(model):
+            fully_shard(unit)
         fully_shard(model)
         return model
     raise ValueError(f"TrainConfig.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+
+
+def _fsdp_units(model):
+    """Submodules to shard on their own: FSDP2 gathers a unit's weights in its forward pre-hook, so a unit
+    must be a module whose forward is called. ShortcutDiT's fused forward calls each block's attn and mlp
+    (not the block itself); everything else (embedders, adaLN projections, final layer) stays with the root."""
+    units = []
+    for block in getattr(model, "blocks", []):
+        parts = [getattr(block, n) for n in ("attn", "mlp") if isinstance(getattr(block, n, None), torch.nn.Module)]
+        units += parts or [block]
+    return units
 
 
 def fsdp_fully_shard():
@@ -149,6 +160,19 @@ def fsdp_fully_shard():
         raise RuntimeError(f"parallel='fsdp' needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); "
                            f"this is torch {torch.__version__}: use parallel='ddp'") from e
     return fully_shard
+
+
+def full_tensor(t):
+    """The whole tensor behind an FSDP2 DTensor (a collective: every rank calls it in the same order)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(full, param):
+    """`full` laid out like `param`: the same DTensor sharding for FSDP2 parameters, `full` otherwise."""
+    if not hasattr(param, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
 
 
 def unwrap(model):

@@ -117,6 +117,9 @@ def _local(t):
 @torch.no_grad()
 def ema_update(ema, model, decay):
     """ema ← decay·ema + (1 − decay)·model, for parameters; buffers copied. FSDP2: on the local shards."""
+    for net in (ema, model):
+        if hasattr(net, "reshard"):   # FSDP2 keeps the root unsharded after a no-grad forward
+            net.reshard()
     e, m = [_local(p) for p in ema.parameters()], [_local(p) for p in model.parameters()]
     torch._foreach_lerp_(e, m, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
@@ -226,6 +229,7 @@ def _train(cfg, env):
     raw = build_model(cfg, dataset).to(device)
     ema = copy.deepcopy(raw).requires_grad_(False).eval()
     fsdp = env.distributed and cfg.parallel == "fsdp"
+    shadow = copy.deepcopy(raw).cpu() if fsdp else None   # unsharded copy for FSDP checkpoints
     model = D.wrap_model(raw, env, cfg.parallel)
     if fsdp:
         D.wrap_model(ema, env, "fsdp")
@@ -240,7 +244,7 @@ def _train(cfg, env):
         ckpt = torch.load(ckpt_path, map_location="cpu" if fsdp else device, weights_only=False)
         _check_resumable(ckpt["config"], cfg)
         start = ckpt["step"]
-        _load_weights(ckpt, model, raw, ema, opt, fsdp)
+        _load_weights(ckpt, raw, ema, opt, fsdp, shadow)
         gens = _resume_generators(ckpt, cfg, shards, S, env)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -253,7 +257,7 @@ def _train(cfg, env):
 
     def checkpoint(step):
         states = [s for rank_states in D.gather_objects([g.get_state() for g in gens], env) for s in rank_states]
-        weights = _full_state(model, raw, ema, opt, fsdp)
+        weights = _full_state(model, raw, ema, opt, fsdp, shadow)
         if env.is_main:
             save_atomic({**weights, "step": step, "config": cfg.to_dict(), "data_info": data_info,
                          "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
@@ -311,8 +315,16 @@ def _train(cfg, env):
     bar.close()
     if decode is not None:
         _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
+    if fsdp:   # hand back ordinary modules: sharded ones are unusable once the process group is gone
+        raw, ema = _unsharded(raw, shadow, device).train(), _unsharded(ema, shadow, device).requires_grad_(False)
     D.barrier(env)
     return TrainResult(raw, ema, cfg.steps, history, cfg.out_dir, env.rank, env.world_size)
+
+
+def _unsharded(module, shadow, device):
+    out = copy.deepcopy(shadow)
+    out.load_state_dict(_gathered_state_dict(module, shadow))
+    return out.to(device).eval()
 
 
 def _grad_sync(model, env, fsdp, sync):
@@ -360,45 +372,50 @@ def _reduce_metrics(sums, env):
     return row
 
 
-def _full_state(model, raw, ema, opt, fsdp):
-    """Unsharded model / EMA / optimizer state (on rank 0 for FSDP; every rank holds it under DDP)."""
+def _full_state(model, raw, ema, opt, fsdp, shadow):
+    """Unsharded model / EMA / optimizer state in the one-process format (DiT key layout, optimizer state
+    by parameter index), so a checkpoint loads on any world size with DDP, FSDP or neither.
+
+    FSDP2 parameters are gathered with full_tensor() and poured into `shadow`, an unsharded CPU copy of the
+    model, whose state_dict() applies the model's key-layout hooks (torch's distributed state-dict helpers
+    cannot follow them). Every rank takes part in the gathers; rank 0 writes.
+    """
     if not fsdp:
-        return {"model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "optimizer_format": "index"}
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {"model": get_model_state_dict(model, options=o), "ema": get_model_state_dict(ema, options=o),
-            "optimizer": get_optimizer_state_dict(model, opt, options=o), "optimizer_format": "fqn"}
+        return {"model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}
+    optim = opt.state_dict()
+    optim["state"] = {i: {k: D.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in st.items()}
+                      for i, st in optim["state"].items()}
+    return {"model": _gathered_state_dict(raw, shadow), "ema": _gathered_state_dict(ema, shadow), "optimizer": optim}
 
 
-def _load_weights(ckpt, model, raw, ema, opt, fsdp):
-    names = [n for n, _ in raw.named_parameters()]
-    optim = ckpt["optimizer"]
-    fmt = ckpt.get("optimizer_format", "index")
+@torch.no_grad()
+def _gathered_state_dict(module, shadow):
+    own = dict(shadow.named_parameters())
+    for name, p in module.named_parameters():
+        own[name].copy_(D.full_tensor(p.detach()).cpu())
+    own_buffers = dict(shadow.named_buffers())
+    for name, b in module.named_buffers():
+        own_buffers[name].copy_(b.detach().cpu())
+    return {k: v.clone() for k, v in shadow.state_dict().items()}
+
+
+def _load_weights(ckpt, raw, ema, opt, fsdp, shadow):
     if not fsdp:
         raw.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(_optim_to_index(optim, names) if fmt == "fqn" else optim)
+        opt.load_state_dict(ckpt["optimizer"])
         return
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-    o = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, ckpt["model"], options=o)
-    set_model_state_dict(ema, ckpt["ema"], options=o)
-    set_optimizer_state_dict(model, opt, _optim_to_fqn(optim, names) if fmt == "index" else optim, options=o)
-
-
-def _optim_to_fqn(sd, names):
-    """torch.optim state_dict keyed by parameter index -> keyed by parameter name (FSDP's full format)."""
-    return {"state": {names[i]: v for i, v in sd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
-
-
-def _optim_to_index(sd, names):
-    index = {n: i for i, n in enumerate(names)}
-    return {"state": {index[n]: v for n, v in sd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+    with torch.no_grad():
+        for module, key in ((raw, "model"), (ema, "ema")):
+            shadow.load_state_dict(ckpt[key])
+            full = dict(shadow.named_parameters())
+            for name, p in module.named_parameters():
+                _local(p).copy_(_local(D.shard_like(full[name].detach(), p)))
+    params = list(raw.parameters())
+    optim = ckpt["optimizer"]
+    state = {i: {k: D.shard_like(v, params[i]) if torch.is_tensor(v) and v.dim() else v for k, v in st.items()}
+             for i, st in optim["state"].items()}
+    opt.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
 
 
 def _resume_generators(ckpt, cfg, shards, num_shards, env):
