@@ -1,5 +1,9 @@
-"""Conditioning: the fused sinusoidal features of t and k, the one-GEMM adaLN projections, and the
-ShortcutDiT plumbing around them (one concatenated Parameter shown in DiT's per-block state_dict layout).
+"""Conditioning: the fused embedders (embed_conditioning: two launches for c and SiLU(c)), the fused
+sinusoidal features of t and k, the one-GEMM adaLN projections, and the ShortcutDiT plumbing around them
+(three launches for embed + modulations; one concatenated Parameter shown in DiT's per-block layout).
+
+Accuracy rule (STYLE habit 2): |fused − ref_fp64| ≤ 2·|ref_same_dtype − ref_fp64| + atol, for c, SiLU(c)
+and every gradient, where the references are the model's own TimestepEmbedder / LabelEmbedder modules.
 """
 import copy
 import math
@@ -11,12 +15,14 @@ from conftest import HAS_CUDA, assert_close_rel, cuda
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from shortcut import ModelConfig, ShortcutDiT
-from shortcut_kernels import adaln_projections, conditioning, timestep_features, timestep_features_ref
+from shortcut.model import LabelEmbedder, TimestepEmbedder
+from shortcut_kernels import (adaln_projections, conditioning, embed_conditioning, embed_conditioning_ref,
+                              timestep_features, timestep_features_ref)
 
-# Ops that only make views or metadata: not kernel launches.
+# Ops that only make views or metadata (or compute a dtype on the host): not kernel launches.
 VIEW_OPS = {"view", "_unsafe_view", "t", "split", "split_with_sizes", "slice", "select", "unsqueeze", "expand",
             "transpose", "detach", "alias", "permute", "unbind", "chunk", "reshape", "squeeze", "as_strided",
-            "_to_copy", "to"}
+            "_to_copy", "to", "promote_types"}
 
 
 class OpLog(TorchDispatchMode):
@@ -116,25 +122,64 @@ def _inputs(B, gen):
             torch.randint(0, 11, (B,), generator=gen))
 
 
+class TritonLaunches:
+    """Counts the Triton kernel launches of shortcut_kernels.conditioning (wraps each `kernel[grid]`)."""
+
+    def __init__(self, monkeypatch):
+        self.names = []
+        for name in dir(conditioning):
+            if name.startswith("_") and name.endswith("_kernel"):
+                monkeypatch.setattr(conditioning, name, self._wrap(name, getattr(conditioning, name)))
+
+    def _wrap(self, name, kernel):
+        launches = self
+
+        class Counted:
+            def __getitem__(self, grid):
+                launches.names.append(name)
+                return kernel[grid]
+        return Counted()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "train"])
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_conditioning_costs_constant_launches(kernels, gen):
-    """embed + modulations: one GEMM for all adaLN projections, and the same op list at any depth."""
+def test_conditioning_costs_constant_launches(kernels, grad, gen, monkeypatch):
+    """embed + modulations: one GEMM for all adaLN projections and the same op list at any depth; the fused
+    path is three launches in all (SPEC §6): embed_hidden and embed_sum, one Triton kernel each, then addmm."""
     logs = []
     for depth in (1, 4):
         model = ShortcutDiT(_cfg(depth), kernels=kernels)
         t, k, y = _inputs(3, gen)
-        with torch.no_grad():
-            c = model.embed(t, k, y)
+        with torch.set_grad_enabled(grad):
+            c, silu_c = model.embed(t, k, y, silu=True)
             with OpLog() as log_mods:
-                mods = model.modulations(c)
+                mods = model.modulations(c, silu_c)
+            triton_launches = TritonLaunches(monkeypatch)
             with OpLog() as log:
-                model.modulations(model.embed(t, k, y))
+                model.modulations(*model.embed(t, k, y, silu=True))
         assert len(mods) == depth + 1
         assert [op for op in log_mods.launches if op in ("mm", "addmm", "linear")] == ["addmm"]
         logs.append(log.launches)
+        if kernels == "triton":
+            assert log.launches == ["embed_hidden", "embed_sum", "addmm"]
+            assert triton_launches.names == ["_embed_hidden_kernel", "_embed_sum_kernel"], "one launch per op"
+        else:
+            assert triton_launches.names == []
+            assert len(log.launches) > 12, "the reference really is the many-launch formulation"
+        monkeypatch.undo()
     assert logs[0] == logs[1]
-    if kernels == "triton":
-        assert "timestep_features" in logs[0] and "cos" not in logs[0], "both sinusoids in one kernel"
+
+
+def test_forward_uses_the_three_launch_path(gen, monkeypatch):
+    """ShortcutDiT.forward takes SiLU(c) from the fused embed: no separate silu before the adaLN GEMM."""
+    model = ShortcutDiT(_cfg(2), kernels="triton", attention="torch")
+    t, k, y = _inputs(2, gen)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    with torch.no_grad(), OpLog() as log:
+        model(x, t, k, y)
+    ops = log.launches
+    assert ops[ops.index("embed_hidden"):ops.index("embed_hidden") + 3] == ["embed_hidden", "embed_sum", "addmm"]
+    assert "silu" not in ops and "embedding" not in ops
 
 
 def test_modulations_match_dit_per_block_projections(gen):
@@ -156,10 +201,167 @@ def test_fused_embed_matches_reference(gen):
         for p in model.parameters():
             p.normal_(std=0.3, generator=gen)
     ref64 = copy.deepcopy(model).double()
+    ref64.kernels = "torch"
     ref = copy.deepcopy(model)
     ref.kernels = "torch"
     t, k, y = _inputs(5, gen)
-    assert_close_rel(model.embed(t, k, y), ref64.embed(t.double(), k, y), ref.embed(t, k, y), "c")
+    c, silu_c = model.embed(t, k, y, silu=True)
+    assert torch.equal(model.embed(t, k, y), c)
+    c64, silu64 = ref64.embed(t.double(), k, y, silu=True)
+    c32, silu32 = ref.embed(t, k, y, silu=True)
+    assert_close_rel(c, c64, c32, "c")
+    assert_close_rel(silu_c, silu64, silu32, "silu(c)")
+    mods, mods32, mods64 = model.modulations(c, silu_c), ref.modulations(c32), ref64.modulations(c64)
+    for m, m32, m64 in zip(mods, mods32, mods64):
+        assert_close_rel(m, m64, m32, "modulation")
+
+
+# --------------------------------------------------------------------------------------------------
+# embed_conditioning against the model's embedder modules.
+def _embedders(D, freq_dim, dtype, gen, num_classes=10):
+    """(t, k, y) embedder modules of width D with fresh weights that keep activations O(1), in `dtype`,
+    and their float64 copies."""
+    mods = torch.nn.ModuleList([TimestepEmbedder(D, freq_dim, 1000.0), TimestepEmbedder(D, freq_dim, 1.0),
+                                LabelEmbedder(num_classes, D)])
+    with torch.no_grad():
+        for emb in mods[:2]:
+            emb.mlp[0].weight.normal_(std=1.5 * freq_dim ** -0.5, generator=gen)
+            emb.mlp[2].weight.normal_(std=D ** -0.5, generator=gen)
+            emb.mlp[0].bias.normal_(std=0.5, generator=gen)
+            emb.mlp[2].bias.normal_(std=0.5, generator=gen)
+        mods[2].embedding_table.weight.normal_(generator=gen)
+    return mods.to(dtype), copy.deepcopy(mods).double()
+
+
+def _fused(mods, t, k, y):
+    t_emb, k_emb, y_emb = mods
+    return embed_conditioning(t, k, y, t_emb.linears(), k_emb.linears(), y_emb.embedding_table.weight,
+                              t_emb.scale, k_emb.scale)
+
+
+def _modules(mods, t, k, y):
+    t_emb, k_emb, y_emb = mods
+    c = t_emb(t) + k_emb(k) + y_emb(y)
+    return c, F.silu(c)
+
+
+def _params(mods):
+    t_emb, k_emb, y_emb = mods
+    return [*t_emb.linears(), *k_emb.linears(), y_emb.embedding_table.weight]
+
+
+PARAM_NAMES = [f"{e}.{p}" for e in ("t", "k") for p in ("w1", "b1", "w2", "b2")] + ["table"]
+
+
+@pytest.mark.parametrize("D", [32, 144, 1152])
+@pytest.mark.parametrize("B", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_embed_conditioning_matches_embedders(dtype, B, D, gen):
+    mods, mods64 = _embedders(D, 256, dtype, gen)
+    t, k, y = _inputs(B, gen)
+    c, silu_c = _fused(mods, t, k, y)
+    assert c.shape == silu_c.shape == (B, D) and c.dtype == silu_c.dtype == dtype
+    c_s, silu_s = _modules(mods, t, k, y)
+    c64, silu64 = _modules(mods64, t.double(), k, y)
+    assert_close_rel(c, c64, c_s, "c")
+    assert_close_rel(silu_c, silu64, silu_s, "silu(c)")
+
+
+@pytest.mark.parametrize("uses", ["both", "c", "silu"])
+@pytest.mark.parametrize("B, D", [(1, 32), (5, 144)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_embed_conditioning_gradients(dtype, B, D, uses, gen):
+    """Gradients of every weight, bias and the label table (repeated labels accumulate), whether the
+    loss reads c, SiLU(c) or both."""
+    mods, mods64 = _embedders(D, 256, dtype, gen, num_classes=3)
+    t, k, _ = _inputs(B, gen)
+    y = torch.arange(B) % 3
+    g_c, g_s = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
+
+    def grads(mods, outs):
+        c, silu_c = outs
+        loss = 0
+        if uses != "silu":
+            loss = loss + (c * g_c.to(c.dtype)).sum()
+        if uses != "c":
+            loss = loss + (silu_c * g_s.to(silu_c.dtype)).sum()
+        return torch.autograd.grad(loss, _params(mods))
+
+    fused = grads(mods, _fused(mods, t, k, y))
+    same = grads(mods, _modules(mods, t, k, y))
+    ref = grads(mods64, _modules(mods64, t.double(), k, y))
+    for name, g, s, r in zip(PARAM_NAMES, fused, same, ref):
+        assert g.dtype == dtype and g.shape == s.shape
+        assert_close_rel(g, r, s, name)
+
+
+def test_embed_conditioning_strided_weights_and_odd_freq_dim(gen):
+    """Weights are read through their strides (a column slice, a transpose); an odd freq_dim pads a zero."""
+    D, Fd = 48, 7
+    mods, mods64 = _embedders(D, Fd, torch.float32, gen)
+    t, k, y = _inputs(4, gen)
+    w1 = torch.randn(D, Fd + 5, generator=gen)[:, :Fd]
+    w2 = torch.randn(D, D, generator=gen).T
+    t_mlp = (w1, mods[0].mlp[0].bias, w2, mods[0].mlp[2].bias)
+    k_mlp = mods[1].linears()
+    table = mods[2].embedding_table.weight
+    assert not w1.is_contiguous() and not w2.is_contiguous()
+    c, silu_c = embed_conditioning(t, k, y, t_mlp, k_mlp, table, 1000.0)
+    c_s, silu_s = embed_conditioning_ref(t, k, y, t_mlp, k_mlp, table, 1000.0)
+    as64 = lambda mlp: tuple(v.double() for v in mlp)   # noqa: E731
+    c64, silu64 = embed_conditioning_ref(t.double(), k, y, as64(t_mlp), as64(k_mlp), table.double(), 1000.0)
+    assert_close_rel(c, c64, c_s, "c")
+    assert_close_rel(silu_c, silu64, silu_s, "silu(c)")
+
+
+def test_embed_conditioning_ref_is_the_modules(gen):
+    mods, _ = _embedders(32, 256, torch.float32, gen)
+    t, k, y = _inputs(3, gen)
+    ref = embed_conditioning_ref(t, k, y, mods[0].linears(), mods[1].linears(), mods[2].embedding_table.weight,
+                                 1000.0, 1.0)
+    for a, b in zip(ref, _modules(mods, t, k, y)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_embed_conditioning_fallbacks(gen, monkeypatch):
+    """float64 and CPU tensors outside the interpreter run the reference; an empty batch is empty."""
+    mods, mods64 = _embedders(16, 32, torch.float32, gen)
+    t, k, y = _inputs(3, gen)
+    for a, b in zip(_fused(mods64, t.double(), k, y), _modules(mods64, t.double(), k, y)):
+        assert a.dtype == torch.float64 and torch.equal(a, b)
+    c, silu_c = _fused(mods, t[:0], k[:0], y[:0])
+    assert c.shape == silu_c.shape == (0, 16)
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        monkeypatch.setattr(conditioning, "_embed_hidden", lambda *a: pytest.fail("kernel launched"))
+        for a, b in zip(_fused(mods, t, k, y), _modules(mods, t, k, y)):
+            assert torch.equal(a, b)
+
+
+def test_embed_conditioning_errors(gen):
+    mods, _ = _embedders(16, 32, torch.float32, gen)
+    t, k, y = _inputs(3, gen)
+    t_mlp, k_mlp, table = mods[0].linears(), mods[1].linears(), mods[2].embedding_table.weight
+    with pytest.raises(ValueError, match=r"y must be a tensor of shape \(3,\)"):
+        embed_conditioning(t, k, y[:2], t_mlp, k_mlp, table)
+    with pytest.raises(TypeError, match=r"y must be an int64 or int32 tensor"):
+        embed_conditioning(t, k, y.float(), t_mlp, k_mlp, table)
+    with pytest.raises(ValueError, match=r"t and k must have the same shape"):
+        embed_conditioning(t, k[:2], y, t_mlp, k_mlp, table)
+    with pytest.raises(ValueError, match=r"k_mlp must be a tuple of 4 tensors"):
+        embed_conditioning(t, k, y, t_mlp, k_mlp[:3], table)
+    with pytest.raises(ValueError, match=r"k_mlp w2 must have shape \(16, 16\)"):
+        embed_conditioning(t, k, y, t_mlp, (k_mlp[0], k_mlp[1], k_mlp[2][:, :8], k_mlp[3]), table)
+    with pytest.raises(ValueError, match=r"t_mlp w1 must have shape \(8, 32\) \(D = 8 from table"):
+        embed_conditioning(t, k, y, t_mlp, k_mlp, table[:, :8])
+    with pytest.raises(TypeError, match=r"t_mlp b2 has dtype torch.float16 but t_mlp w1 has torch.float32"):
+        embed_conditioning(t, k, y, (*t_mlp[:3], t_mlp[3].half()), k_mlp, table)
+    with pytest.raises(TypeError, match=r"t_mlp and k_mlp must share a dtype"):
+        embed_conditioning(t, k, y, t_mlp, tuple(v.half() for v in k_mlp), table)
+    with pytest.raises(ValueError, match=r"table is on meta but t is on cpu"):
+        embed_conditioning(t, k, y, t_mlp, k_mlp, table.to("meta"))
+    with pytest.raises(ValueError, match=r"y must hold labels in \[0, 10\]"):
+        embed_conditioning(t, k, torch.tensor([0, 11, 2]), t_mlp, k_mlp, table)
 
 
 def test_adaln_init(gen):
@@ -240,6 +442,45 @@ def test_cuda_timestep_features():
         out = timestep_features(t.cuda(), k.cuda(), 256, t_scale, 1.0)
         same = timestep_features_ref(t.cuda(), k.cuda(), 256, t_scale, 1.0)
         assert_close_rel(out, _features64(t, k, 256, t_scale, 1.0).cuda(), same)
+
+
+@cuda
+@pytest.mark.parametrize("B", [1, 3, 256])
+@pytest.mark.parametrize("D", [768, 1152])
+def test_cuda_embed_conditioning_bf16(B, D):
+    """bf16 weights (the sampling setup) at real widths; gradients too."""
+    gen = torch.Generator().manual_seed(0)
+    mods, mods64 = _embedders(D, 256, torch.float32, gen, num_classes=1000)
+    mods, mods64 = mods.cuda().bfloat16(), mods64.cuda()
+    t, k = torch.rand(B, generator=gen).cuda(), torch.randint(0, 8, (B,), generator=gen).cuda()
+    y = torch.randint(0, 1001, (B,), generator=gen).cuda()
+    fused, same, ref = _fused(mods, t, k, y), _modules(mods, t, k, y), _modules(mods64, t.double(), k, y)
+    for name, a, s, r in zip(("c", "silu(c)"), fused, same, ref):
+        assert a.dtype == torch.bfloat16
+        assert_close_rel(a, r, s, name)
+    g = torch.randn(B, D, generator=gen).cuda()
+    grads = [torch.autograd.grad((outs[0] * g.to(outs[0].dtype)).sum() + (outs[1] * g.to(outs[1].dtype)).sum(),
+                                 _params(m)) for outs, m in ((fused, mods), (same, mods), (ref, mods64))]
+    for name, a, s, r in zip(PARAM_NAMES, *grads):
+        assert_close_rel(a, r, s, name)
+
+
+@cuda
+def test_cuda_embed_conditioning_under_autocast():
+    """fp32 weights under bf16 autocast: the Linears compute in bf16 (cast in registers), c is fp32 like
+    the modules' sum (bf16 + bf16 + fp32 table), SiLU(c) is bf16 (what the adaLN Linear would cast it to)."""
+    gen = torch.Generator().manual_seed(0)
+    mods, mods64 = _embedders(1152, 256, torch.float32, gen, num_classes=1000)
+    mods, mods64 = mods.cuda(), mods64.cuda()
+    t, k = torch.rand(8, generator=gen).cuda(), torch.randint(0, 8, (8,), generator=gen).cuda()
+    y = torch.randint(0, 1001, (8,), generator=gen).cuda()
+    with torch.autocast("cuda", torch.bfloat16):
+        c, silu_c = _fused(mods, t, k, y)
+        c_s, silu_s = _modules(mods, t, k, y)
+    c64, silu64 = _modules(mods64, t.double(), k, y)
+    assert c.dtype == c_s.dtype == torch.float32 and silu_c.dtype == torch.bfloat16
+    assert_close_rel(c, c64, c_s, "c")
+    assert_close_rel(silu_c, silu64, silu_s.bfloat16(), "silu(c)")
 
 
 @cuda
