@@ -10,14 +10,18 @@ the model's Linear would do), "bf16" is everything bf16. Shift/scale/gate are ch
 tensor, as in ShortcutDiT. GB/s counts the bytes a fused kernel must move (inputs read once, outputs
 written once, fp32 statistics), the same count for every provider: it is effective bandwidth.
 
-Conditioning: t, k, y -> c -> every block's adaLN vectors. "triton" is ShortcutDiT's fused path (one
-kernel for both sinusoids, one GEMM over the concatenated adaLN weight); "eager" is DiT's formulation
-(two reference embedders, then one Linear per block); "compile" compiles the eager one. Weights bf16
-(the sampling setup); at B = 1 the time is the weight read, so GB/s is the figure to read there.
+Conditioning: t, k, y -> c -> every block's adaLN vectors. "triton" is ShortcutDiT's fused path, three
+launches (both embedders' first Linears with the sinusoids in registers; both second Linears + label row +
+sum + SiLU(c); one GEMM over the concatenated adaLN weight); "eager" is DiT's formulation (two reference
+embedders, then one Linear per block); "compile" compiles the eager one. Weights bf16 (the sampling
+setup); at B = 1 the time is the weight read, so GB/s is the figure to read there (SPEC §6: >= 80 % of
+HBM). `test_embed` times the embedders alone (c and SiLU(c): 2 launches fused, ~12 eager), where the
+launch count rather than the bytes sets the time at small B.
 On CPU the Triton provider runs only when TRITON_INTERPRET=1 was set before the import (slow).
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common import measure
 from shortcut import ModelConfig, ShortcutDiT
@@ -119,6 +123,30 @@ def test_adaln(benchmark, B, T, D, op, dtype, provider, mode):
     assert all(torch.isfinite(o).all() for o in outs)
 
 
+def _conditioning_model(preset, provider):
+    dims = dict(input_size=32, in_channels=4, num_classes=1000) if CUDA else dict(input_size=8, in_channels=4,
+                                                                                  num_classes=10)
+    cfg = ModelConfig.preset(preset, **dims)
+    wdt = torch.bfloat16 if CUDA else torch.float32
+    model = ShortcutDiT(cfg, kernels="triton" if provider == "triton" else "torch").to(DEVICE, wdt).eval()
+    with torch.no_grad():   # the embedders start at N(0, 0.02); any fresh values do for timing
+        for p in model.parameters():
+            p.normal_(std=0.02)
+    return cfg, model, wdt
+
+
+def _conditioning_inputs(cfg, B):
+    gen = torch.Generator().manual_seed(0)
+    t = torch.rand(B, generator=gen).to(DEVICE)
+    k = torch.randint(0, 8, (B,), generator=gen).to(DEVICE)
+    y = torch.randint(0, cfg.num_classes + 1, (B,), generator=gen).to(DEVICE)
+    return t, k, y
+
+
+def _embedder_bytes(model, es):
+    return sum(p.numel() for e in (model.t_embedder, model.k_embedder) for p in e.parameters()) * es
+
+
 def _conditioning_eager(model):
     """DiT's formulation: the reference embedders, then one adaLN Linear per block and the final layer."""
     def fn(t, k, y):
@@ -131,18 +159,11 @@ def _conditioning_eager(model):
 @pytest.mark.parametrize("preset, B", COND, ids=lambda s: str(s))
 def test_conditioning(benchmark, preset, B, provider):
     _skip_unavailable(provider)
-    dims = dict(input_size=32, in_channels=4, num_classes=1000) if CUDA else dict(input_size=8, in_channels=4,
-                                                                                  num_classes=10)
-    cfg = ModelConfig.preset(preset, **dims)
-    wdt = torch.bfloat16 if CUDA else torch.float32
-    model = ShortcutDiT(cfg, kernels="triton" if provider == "triton" else "torch").to(DEVICE, wdt).eval()
-    gen = torch.Generator().manual_seed(0)
-    t = torch.rand(B, generator=gen).to(DEVICE)
-    k = torch.randint(0, 8, (B,), generator=gen).to(DEVICE)
-    y = torch.randint(0, cfg.num_classes + 1, (B,), generator=gen).to(DEVICE)
+    cfg, model, wdt = _conditioning_model(preset, provider)
+    t, k, y = _conditioning_inputs(cfg, B)
     if provider == "triton":
         def fn():
-            return model.modulations(model.embed(t, k, y))
+            return model.modulations(*model.embed(t, k, y, silu=True))   # the path ShortcutDiT.forward takes
     else:
         eager = _conditioning_eager(model)
         call = eager if provider == "eager" else _compile(("cond", preset, B), eager)
@@ -151,10 +172,35 @@ def test_conditioning(benchmark, preset, B, provider):
             return call(t, k, y)
 
     D, es = cfg.hidden_size, torch.empty((), dtype=wdt).element_size()
-    weights = (model.adaLN.weight.numel() + model.adaLN.bias.numel()
-               + sum(p.numel() for e in (model.t_embedder, model.k_embedder) for p in e.parameters())) * es
+    weights = (model.adaLN.weight.numel() + model.adaLN.bias.numel()) * es + _embedder_bytes(model, es)
     outputs = B * model.adaLN.weight.shape[0] * es + B * D * es   # the modulations and one label row each
     with torch.no_grad():
         out = measure(benchmark, fn, op="conditioning_fwd", provider=provider, shape=[B, D, cfg.depth],
                       device=DEVICE, bytes_moved=weights + outputs, dtype=str(wdt).removeprefix("torch."))
     assert len(out) == cfg.depth + 1 and all(torch.isfinite(m).all() for m in out)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("preset, B", COND, ids=lambda s: str(s))
+def test_embed(benchmark, preset, B, provider):
+    """The embedders alone: t, k, y -> (c, SiLU(c)). Bytes: both MLPs' weights, B label rows, c and SiLU(c)."""
+    _skip_unavailable(provider)
+    cfg, model, wdt = _conditioning_model(preset, provider)
+    t, k, y = _conditioning_inputs(cfg, B)
+    if provider == "triton":
+        def fn():
+            return model.embed(t, k, y, silu=True)
+    else:
+        def eager(t, k, y):
+            c = model.t_embedder(t) + model.k_embedder(k) + model.y_embedder(y)
+            return c, F.silu(c)
+        call = eager if provider == "eager" else _compile(("embed", preset, B), eager)
+
+        def fn():
+            return call(t, k, y)
+
+    D, es = cfg.hidden_size, torch.empty((), dtype=wdt).element_size()
+    with torch.no_grad():
+        out = measure(benchmark, fn, op="embed_fwd", provider=provider, shape=[B, D], device=DEVICE,
+                      bytes_moved=_embedder_bytes(model, es) + 3 * B * D * es, dtype=str(wdt).removeprefix("torch."))
+    assert all(o.shape == (B, D) and torch.isfinite(o).all() for o in out)
