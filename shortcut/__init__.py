@@ -1,9 +1,11 @@
 """shortcut: one-step / few-step diffusion with shortcut models (Frans et al., ICLR 2025) in PyTorch."""
-from .config import PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
+from .config import PRESETS, TRAIN_PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
 from .model import ShortcutDiT, ShortcutMLP
 from .objective import ShortcutBatch, shortcut_loss, shortcut_targets
 from .sampler import GraphSampler, sample
+from .pretrained import from_pretrained, save_pretrained
 from .train import train
 
 __all__ = ["PRESETS", "ModelConfig", "ObjectiveConfig", "TrainConfig", "ShortcutDiT", "ShortcutMLP",
-           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "GraphSampler", "train"]
+           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "GraphSampler", "train",
+           "TRAIN_PRESETS", "save_pretrained", "from_pretrained"]

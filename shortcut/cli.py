@@ -79,6 +79,28 @@ def build_parser():
     add_dataclass_args(tr, TrainConfig, skip=("objective", "model_overrides"))
     add_dataclass_args(tr, ObjectiveConfig)
     tr.add_argument("--model", action="append", metavar="KEY=VALUE", help="ModelConfig override, repeatable")
+    tr.add_argument("--recipe", default=None, help="a paper recipe (TRAIN_PRESETS: celebahq256-dit-b2, "
+                    "imagenet256-dit-b2, imagenet256-dit-xl2) as the base; other flags override it; needs --data")
+
+    en = sub.add_parser("encode", help="pre-extract SD-VAE latents of an image folder (needs shortcut[vae])")
+    en.add_argument("--data", required=True, help="image folder: DIR/CLASS/*.png (labelled) or DIR/*.png")
+    en.add_argument("--out", required=True, help="new folder for the latent shards and manifest.json")
+    en.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="diffusers AutoencoderKL folder or hub id")
+    en.add_argument("--image-size", type=int, default=256, help="center-crop + resize side (0: keep, must match)")
+    en.add_argument("--batch-size", type=int, default=64)
+    en.add_argument("--flip", type=_bool, default=True, metavar="BOOL", help="also store each image's mirror")
+    en.add_argument("--sample", choices=("posterior", "mean"), default="posterior", help="posterior sample or mean")
+    en.add_argument("--shard-size", type=int, default=4096, help="entries per safetensors shard")
+    en.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    en.add_argument("--scale-factor", type=float, default=None, help="default: the VAE's (0.18215 for SD-VAE)")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--num-workers", type=int, default=4)
+    en.add_argument("--device", default="auto")
+
+    ex = sub.add_parser("export", help="write a checkpoint's weights + config for sharing (save_pretrained)")
+    ex.add_argument("--ckpt", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--weights", nargs="+", choices=("ema", "live"), default=["ema", "live"])
 
     de = sub.add_parser("demo", help="digits: train shortcut and flow matching, print the quality table")
     de.add_argument("--out-dir", default="runs/demo")
@@ -92,6 +114,18 @@ def build_parser():
     ev.add_argument("--per-class", type=int, default=100)
     ev.add_argument("--live", action="store_true", help="evaluate the live weights instead of the EMA")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--fid", action="store_true", help="Inception FID (needs shortcut[fid]) per step count")
+    ev.add_argument("--fid-ref", default=None, help="reference: an .npz (mu, sigma) or image folder / latents")
+    ev.add_argument("--fid-ref-out", default=None, help="save the reference statistics computed here (.npz)")
+    ev.add_argument("--fid-n", type=int, default=50_000, help="generated samples per step count (FID-50k)")
+    ev.add_argument("--fid-ref-n", type=int, default=None, help="reference images used (default: all)")
+    ev.add_argument("--image-size", type=int, default=0, help="reference folder: center-crop + resize side")
+    ev.add_argument("--batch-size", type=int, default=100)
+    ev.add_argument("--cfg-scale", type=float, default=1.0, help="guidance weight (paper, ImageNet: 1.5)")
+    ev.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05-6726825d.pth")
+    ev.add_argument("--num-workers", type=int, default=4)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--progress", type=_bool, default=True, metavar="BOOL")
 
     sa = sub.add_parser("sample", help="write a PNG of samples from a checkpoint")
     sa.add_argument("--ckpt", required=True)
@@ -108,7 +142,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        cfg = config_from_args(args)
+        base = None
+        if args.recipe:
+            if args.data is None:
+                raise SystemExit("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
+            base = TrainConfig.recipe(args.recipe, data=args.data)
+        cfg = config_from_args(args, base)
         from .train import train
         result = train(cfg)
         print(json.dumps(result.history[-1] if result.history else {}))
@@ -119,6 +158,11 @@ def main(argv=None):
         eval_cmd(args)
     elif args.command == "sample":
         sample_cmd(args)
+    elif args.command == "encode":
+        encode_cmd(args)
+    elif args.command == "export":
+        from .pretrained import save_pretrained
+        print(save_pretrained(args.ckpt, args.out, weights=args.weights))
 
 
 def _load(args, ckpt):
@@ -131,6 +175,8 @@ def _load(args, ckpt):
 def eval_cmd(args):
     from .data import make_dataset
     from .eval import evaluate_2d, evaluate_digits, format_table
+    if args.fid:
+        return fid_cmd(args)
     results, metrics = {}, None
     for ckpt in args.ckpt:
         model, cfg, device = _load(args, ckpt)
@@ -147,6 +193,64 @@ def eval_cmd(args):
             raise SystemExit(f"--ckpt: checkpoints of different kinds of data cannot share a table ({ckpt})")
         metrics = kind
     print(format_table(results, metrics))
+
+
+def encode_cmd(args):
+    from .encode import encode_folder
+    from .train import resolve_device
+    man = encode_folder(args.data, args.out, args.vae, image_size=args.image_size, batch_size=args.batch_size,
+                        flip=args.flip, mode=args.sample, shard_size=args.shard_size, dtype=args.dtype,
+                        scale_factor=args.scale_factor, seed=args.seed, device=resolve_device(args.device),
+                        num_workers=args.num_workers)
+    print(json.dumps({k: man[k] for k in ("count", "shape", "num_classes", "scale_factor", "vae")}))
+
+
+def fid_cmd(args):
+    """`shortcut eval --fid`: FID of each checkpoint (or pretrained folder) at each step count."""
+    from .eval import format_table
+    from .fid import evaluate_fid, inception_features, reference_stats
+    from .train import resolve_device
+    if not args.fid_ref:
+        raise SystemExit("--fid needs --fid-ref: an .npz with mu/sigma, or the image folder to compute it from")
+    device = resolve_device(args.device)
+    try:
+        features = inception_features(device, args.inception_weights)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise SystemExit(f"--fid: {e}")
+    results = {}
+    ref = None
+    for ckpt in args.ckpt:
+        model, info, decode = load_for_sampling(ckpt, device, live=args.live)
+        if ref is None:
+            ref = reference_stats(args.fid_ref, features, image_size=args.image_size, n=args.fid_ref_n,
+                                  batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
+                                  save=args.fid_ref_out)
+        name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
+        results[name] = evaluate_fid(model, features, ref, args.steps, args.fid_n, tuple(info["shape"]),
+                                     info["num_classes"], args.batch_size, args.cfg_scale, decode, args.seed,
+                                     device, args.progress)
+    print(format_table(results, ["fid"]))
+
+
+def load_for_sampling(path, device, live=False):
+    """(model, data_info, decode) from a checkpoint file or a save_pretrained folder; decode maps samples to
+    images (the VAE for latent models, identity otherwise)."""
+    from .train import checkpoint_data_info, load_checkpoint, model_from_checkpoint
+    if os.path.isdir(path):
+        from .pretrained import from_pretrained
+        model = from_pretrained(path, weights="live" if live else "ema")
+        info = model.data_info
+    else:
+        ckpt = load_checkpoint(path)
+        model, _ = model_from_checkpoint(ckpt, use_ema=not live)
+        info = checkpoint_data_info(ckpt)
+    model = model.to(device)
+    decode = None
+    if info.get("latent"):
+        from .encode import load_vae, vae_decode
+        vae, scale = load_vae(info["latent"]["vae"], device), info["latent"]["scale_factor"]
+        decode = lambda z: vae_decode(vae, z, scale)   # noqa: E731
+    return model, info, decode
 
 
 def sample_cmd(args):

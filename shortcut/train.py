@@ -140,8 +140,9 @@ def save_atomic(obj, path):
 class Progress:
     """A one-line progress bar on stderr: step, loss, it/s."""
 
-    def __init__(self, total, start, enabled, unit="it"):
+    def __init__(self, total, start, enabled, unit="it", label=""):
         self.total, self.enabled, self.t0, self.s0, self.unit = total, enabled, time.perf_counter(), start, unit
+        self.label = f"{label} " if label else ""
 
     def update(self, step, loss=None):
         if not self.enabled:
@@ -150,7 +151,7 @@ class Progress:
         width = 24
         done = int(width * step / max(self.total, 1))
         tail = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total}{tail} "
+        sys.stderr.write(f"\r{self.label}[{'#' * done}{'.' * (width - done)}] {step}/{self.total}{tail} "
                          f"{rate:.1f} {self.unit}/s")
         sys.stderr.flush()
 
