@@ -192,7 +192,7 @@ def center_crop_resize(img, size):
 
 def to_tensor(arr):
     """uint8 (H, W, 3) -> float (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float() / 127.5 - 1   # copy: PIL arrays are read-only
 
 
 class ImageFolder(Dataset):
