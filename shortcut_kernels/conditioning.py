@@ -255,19 +255,26 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _blocks(B, N, K, dtype):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for a (B, K) @ (K, N) product with a small B.
+def _config(B, N, K, dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a (B, K) @ (K, N) product with a small B.
 
-    tl.dot needs tiles of at least 16. The weight stream is the cost at small B: on the GPU narrow output
-    tiles (16 columns at B <= 16) give D/16 programs (72 at D = 1152) to share the HBM read, with 128-wide
-    K tiles (256 contiguous bytes per weight row in 16-bit). Not tuned on a GPU yet (no autotune: the
-    sampler's CUDA graph captures this launch, and the interpreter runs one config only)."""
+    tl.dot needs tiles of at least 16. At small B the weight stream is the cost: 16-column output tiles
+    give D/16 programs per product (72 at D = 1152) to share the HBM read, with 128-wide K tiles in
+    16-bit (256 contiguous bytes per weight row). Register reports (sm_90, ptxas, triton 3.9; no GPU
+    timing yet) chose the rest: no spills in any of these; 64×64×64 tiles need 8 warps (with 4, the
+    features kernel, whose fp64 cosines take 222 registers at 16×128 features, spills 1.3 kB), and fp32
+    operands (IEEE FMA, no tensor cores) 32-wide K tiles with 2 stages. No autotune: the sampler's CUDA
+    graph captures these launches, and the interpreter runs one config only.
+    """
     bm = min(64, max(16, triton.next_power_of_2(B)))
-    if interpreting():
-        return bm, min(64, max(16, triton.next_power_of_2(N))), min(64, max(16, triton.next_power_of_2(K))), 4
-    bn = 16 if B <= 16 else 64
-    bk = min(64 if dtype == torch.float32 else 128, max(16, triton.next_power_of_2(K)))
-    return bm, bn, bk, 4
+    if interpreting():   # fewer, larger programs: the interpreter's cost is per program and per op
+        return bm, min(64, max(16, triton.next_power_of_2(N))), min(64, max(16, triton.next_power_of_2(K))), 4, 1
+    fp32 = dtype == torch.float32
+    if bm == 16:
+        bn, bk, warps, stages = 16, 64 if fp32 else 128, 4, 3
+    else:
+        bn, bk, warps, stages = 64, 32 if fp32 else 64, 8, 2 if fp32 else 3
+    return bm, bn, min(bk, max(16, triton.next_power_of_2(K))), warps, stages
 
 
 def _embed_hidden(t, k, w1_t, b1_t, w1_k, b1_k, t_scale, k_scale, max_period, dtype):
@@ -276,11 +283,12 @@ def _embed_hidden(t, k, w1_t, b1_t, w1_k, b1_k, t_scale, k_scale, max_period, dt
     a = torch.empty((2, B, D), dtype=dtype, device=t.device)
     if B:
         freq, phase = _feature_tables(F_dim, float(max_period), t.device)
-        bm, bn, bk, warps = _blocks(B, D, F_dim, dtype)
+        bm, bn, bk, warps, stages = _config(B, D, F_dim, dtype)
         _embed_hidden_kernel[(triton.cdiv(D, bn), triton.cdiv(B, bm), 2)](
             t, k, freq, phase, w1_t, b1_t, w1_k, b1_k, a, B, D, F_dim, F_dim // 2, float(t_scale), float(k_scale),
             w1_t.stride(0), w1_t.stride(1), w1_k.stride(0), w1_k.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps)
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps,
+            num_stages=stages)
     return a
 
 
@@ -298,11 +306,12 @@ def _embed_sum(a, w2_t, b2_t, w2_k, b2_k, table, y, c_dtype, s_dtype):
     c = torch.empty((B, D), dtype=c_dtype, device=a.device)
     s = torch.empty((B, D), dtype=s_dtype, device=a.device)
     if B:
-        bm, bn, bk, warps = _blocks(B, D, D, a.dtype)
+        bm, bn, bk, warps, stages = _config(B, D, D, a.dtype)
         _embed_sum_kernel[(triton.cdiv(D, bn), triton.cdiv(B, bm))](
             a, w2_t, b2_t, w2_k, b2_k, table, y, c, s, B, D, table.shape[0],
             w2_t.stride(0), w2_t.stride(1), w2_k.stride(0), w2_k.stride(1), table.stride(0), table.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps)
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps,
+            num_stages=stages)
     return c, s
 
 
