@@ -26,37 +26,38 @@ FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"   # the name torch.h
 
 
 class FeatureStats:
-    """Running mean and covariance of feature rows, in float64."""
+    """Running mean and covariance of feature rows, in float64.
 
-    def __init__(self, dim=None):
-        self.n, self.sum, self.outer = 0, None, None
-        if dim:
-            self._init(dim)
+    Sums are taken around the first batch's mean (a shift), so Σ f fᵀ − n μ μᵀ does not cancel
+    catastrophically when the features' mean is large next to their spread.
+    """
 
-    def _init(self, dim):
-        self.sum, self.outer = np.zeros(dim), np.zeros((dim, dim))
+    def __init__(self):
+        self.n, self.shift, self.sum, self.outer = 0, None, None, None
 
     def add(self, feats):
         f = np.asarray(torch.as_tensor(feats).detach().cpu().double())
         if f.ndim != 2:
             raise ValueError(f"features must be (B, F), got shape {f.shape}")
-        if self.sum is None:
-            self._init(f.shape[1])
+        if self.shift is None:
+            self.shift = f.mean(0)
+            self.sum, self.outer = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        f = f - self.shift
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += f.T @ f
 
     @property
     def mu(self):
-        return self.sum / self.n
+        return self.shift + self.sum / self.n
 
     @property
     def sigma(self):
-        """Unbiased covariance (np.cov's): (Σ f fᵀ − n μ μᵀ) / (n − 1)."""
+        """Unbiased covariance (np.cov's): (Σ g gᵀ − n ḡ ḡᵀ) / (n − 1) with g = f − shift."""
         if self.n < 2:
             raise ValueError(f"covariance needs at least 2 feature rows, got {self.n}")
-        mu = self.mu
-        return (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        m = self.sum / self.n
+        return (self.outer - self.n * np.outer(m, m)) / (self.n - 1)
 
     def save(self, path):
         """An .npz with mu and sigma (pytorch-fid's format), written atomically."""
