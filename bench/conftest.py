@@ -8,7 +8,8 @@
   --bench-budget-s S (tests that would start after S seconds are skipped, so a whole GPU run fits one
   time-limited call), --bench-outcomes PATH (one JSON line per test as it finishes: outcome, skip or
   failure reason, and the benchmark's extra_info; the report is built from it when a run is cut off);
-- files that set `RUN_LAST = True` run after the others;
+- files that set `RUN_LAST = True` run after the others; a file's `BUDGET_WEIGHT` (default 1) sets its
+  share of --bench-budget-s;
 - records the GPU, clocks, versions and default SDPA backend in pytest-benchmark's machine_info;
 - a `device` fixture ("cuda" when available, else "cpu") for files that want one.
 """
@@ -57,16 +58,35 @@ def pytest_configure(config):
     config._bench_t0 = time.perf_counter()
 
 
+def _module_attr(item, name, default):
+    return getattr(getattr(item, "module", None), name, default)
+
+
 def pytest_collection_modifyitems(config, items):
     # Files that set RUN_LAST = True (the full-model file: its compiles take minutes) run after the rest,
     # so a run stopped by --bench-budget-s loses the most expensive cases first. The sort is stable.
-    items.sort(key=lambda item: bool(getattr(getattr(item, "module", None), "RUN_LAST", False)))
+    items.sort(key=lambda item: bool(_module_attr(item, "RUN_LAST", False)))
+    # Each benchmark file gets a share of the budget (BUDGET_WEIGHT, default 1), as a cumulative deadline:
+    # file i's tests may start until (weights of files 1..i) / (all weights) × budget. A slow file cannot
+    # starve the files after it, and time a file leaves unused passes on to the next.
+    weights = {}
+    for item in items:
+        path = str(getattr(item, "path", item.fspath))
+        if path.startswith(HERE + os.sep):
+            weights.setdefault(path, float(_module_attr(item, "BUDGET_WEIGHT", 1.0)))
+    total, running = sum(weights.values()) or 1.0, 0.0
+    config._bench_share = {}
+    for path, weight in weights.items():
+        running += weight
+        config._bench_share[path] = running / total
 
 
 def pytest_runtest_setup(item):
     budget = item.config.getoption("--bench-budget-s", default=0.0)
-    if budget and time.perf_counter() - item.config._bench_t0 > budget:
-        pytest.skip(f"time budget spent: the suite passed {budget:.0f} s (--bench-budget-s)")
+    share = getattr(item.config, "_bench_share", {}).get(str(getattr(item, "path", item.fspath)), 1.0)
+    if budget and time.perf_counter() - item.config._bench_t0 > budget * share:
+        pytest.skip(f"time budget spent: this file's share ends {budget * share:.0f} s into the suite's "
+                    f"{budget:.0f} s (--bench-budget-s)")
 
 
 def _reason(rep):

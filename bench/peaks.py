@@ -56,16 +56,14 @@ def matmul_throughput(device, dtype=None, sizes=None, reps=20):
     cuda = device.type == "cuda"
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     sizes = sizes or ((4096, 8192, 16384) if cuda else (512,))
-    best, best_n = 0.0, None
     gen = torch.Generator().manual_seed(0)
-    for n in sizes:
+
+    def tflops(n):
         # Random values, not zeros: tensor cores draw less power on zeros and run faster than on data.
-        a = torch.randn(n, n, generator=gen).to(device, dtype)
-        b = torch.randn(n, n, generator=gen).to(device, dtype)
-        tflops = 2 * n ** 3 / _time(lambda: a @ b, device, reps if n <= 8192 else max(3, reps // 4)) / 1e12
-        if tflops > best:
-            best, best_n = tflops, n
-        del a, b
+        a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+        return 2 * n ** 3 / _time(lambda: a @ b, device, reps if n <= 8192 else max(3, reps // 4)) / 1e12
+
+    best, best_n = max((tflops(n), n) for n in sizes)
     return {"matmul_tflops": best, "matmul_dtype": str(dtype).removeprefix("torch."), "matmul_n": best_n}
 
 

@@ -7,8 +7,9 @@ Inputs: pytest-benchmark's `--benchmark-json` file, or the `--bench-outcomes` JS
 bench/conftest.py writes as tests finish (enough on its own when a run was cut off), or a document this
 script wrote before. `--peaks`: bench/peaks.py's output (environment and measured peaks).
 
-Rows are grouped by `op`, then by `shape`. Within a shape, "ours" is every row with extra_info["ours"]
-true (or, when a row does not say, provider "triton" / "ours"); every other provider is a baseline, and
+Rows are grouped by `op` (and `preset` / `dtype` when rows carry them), then by `shape`. Within a shape,
+"ours" is every row with extra_info["ours"] true (or, when a row does not say, provider "triton", "ours"
+or "graph"); every other provider is a baseline, and
 the speed-up over it is baseline median / ours median (> 1: ours is faster). "% peak" is the larger of
 GB/s over the measured copy bandwidth and TFLOP/s over the measured matmul peak: the resource that binds.
 """
@@ -19,7 +20,11 @@ import os
 import re
 import sys
 
-OURS_PROVIDERS = ("triton", "ours")
+# Providers that are ours when a row does not say (extra_info["ours"]): the Triton kernels, GraphSampler.
+OURS_PROVIDERS = ("triton", "ours", "graph")
+# Rows are compared only within one op and one value of each of these keys (one table per combination):
+# two presets or dtypes at the same shape are different cases, not providers of one.
+CASE_KEYS = ("preset", "dtype")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -38,8 +43,9 @@ def load(path):
         return "doc", data
     if isinstance(data, dict) and "test" in data:   # a single outcome line
         return "outcomes", [data]
+    keys = sorted(data)[:5] if isinstance(data, dict) else "-"
     raise ValueError(f"{path}: expected pytest-benchmark JSON, --bench-outcomes JSON lines or a report "
-                     f"document, got a {type(data).__name__} with keys {sorted(data)[:5] if isinstance(data, dict) else '-'}")
+                     f"document, got a {type(data).__name__} with keys {keys}")
 
 
 def normalize(bench=None, outcomes=None, peaks=None, date=None, complete=True):
@@ -154,6 +160,13 @@ def _env_lines(doc):
     return _table(["what", "value"], rows)
 
 
+def section(row):
+    """The table a row belongs to: its op, plus the case keys that the op name does not already say."""
+    parts = [str(row["op"])]
+    parts += [str(row[k]) for k in CASE_KEYS if row.get(k) is not None and str(row[k]) not in parts[0]]
+    return " · ".join(parts)
+
+
 def _op_tables(op, rows, peaks):
     shapes = list(dict.fromkeys(_shape(r["shape"]) for r in rows))
     has = {key: any(r.get(key) for r in rows) for key in ("gbps", "tflops", "images_per_s", "peak_mem_gb")}
@@ -224,9 +237,9 @@ def render(doc):
                   "a loop of calls for latency rows). % peak: the larger of GB/s ÷ measured copy bandwidth "
                   "and TFLOP/s ÷ measured matmul peak (for model rows, MFU against the measured peak). "
                   "vs X: X's median ÷ ours; above 1 means ours is faster.", ""]
-    ops = list(dict.fromkeys(r["op"] for r in doc["results"]))
+    ops = list(dict.fromkeys(section(r) for r in doc["results"]))
     for op in ops:
-        lines += _op_tables(op, [r for r in doc["results"] if r["op"] == op], doc["peaks"])
+        lines += _op_tables(op, [r for r in doc["results"] if section(r) == op], doc["peaks"])
         lines.append("")
     if not ops:
         lines += ["No benchmark finished.", ""]
@@ -276,7 +289,8 @@ def build(inputs, peaks=None, complete=True):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", help="pytest-benchmark JSON, --bench-outcomes JSON lines, or a report JSON")
+    parser.add_argument("inputs", nargs="+",
+                        help="pytest-benchmark JSON, --bench-outcomes JSON lines, or a report JSON")
     parser.add_argument("--peaks", help="bench/peaks.py output")
     parser.add_argument("--out", default=None, help="directory for <date>-<gpu>.json and .md")
     parser.add_argument("--readme", help="also put the report between the results markers of this file")

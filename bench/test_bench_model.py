@@ -21,8 +21,9 @@ before timing; every other provider's output is compared with eager's (`rel_err_
 
 torch.compile costs 20 s to minutes per case, so which cases compile depends on --bench-mode
 (bench/conftest.py): quick compiles only DiT-B/2 forward at batch 256, default adds the SPEC §6 rows
-(XL/2 forward batch 256 in both modes, the B/2 training step), full compiles everything. Compiled cases
-run after all eager / triton cases, so a run cut short by --bench-budget-s keeps the cheap rows.
+(XL/2 forward at batch 256 in both modes, the B/2 training step in default mode), full compiles every
+case in both modes. Compiled cases run after all eager / triton cases, so a run cut short by
+--bench-budget-s keeps the cheap rows.
 On CPU: the tiny preset, and one compile (the forward); a CPU compile of a training step takes ~40 s.
 """
 import contextlib
@@ -41,7 +42,8 @@ from shortcut.train import ema_update
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 ALL = ("quick", "default", "full")
-RUN_LAST = True   # bench/conftest.py: minutes of compiles, after the other files' cheaper rows
+RUN_LAST = True        # bench/conftest.py: minutes of compiles, after the other files' cheaper rows
+BUDGET_WEIGHT = 2.0    # and twice a default file's share of --bench-budget-s
 COMPILE_MODES = {"compile": "default", "compile_max_autotune": "max-autotune-no-cudagraphs"}
 
 
@@ -62,15 +64,18 @@ def _cases():
     if not CUDA:
         return [Case("forward", "tiny", 2, p, ALL) for p in ("eager", "triton", "compile")] + \
                [Case("train", "tiny", 8, p, ALL) for p in ("eager", "triton")]
-    default = ("default", "full")
-    # (kind, preset, batch, modes the case runs in, modes it compiles in, modes for max-autotune)
-    table = [("forward", "DiT-XL/2", 256, ALL, default, default),      # SPEC §6 row
-             ("forward", "DiT-B/2", 256, ALL, ALL, ("full",)),
-             ("train", "DiT-B/2", 256, ALL, default, ("full",)),        # SPEC §6 row
-             ("forward", "DiT-B/2", 1, ALL, ("full",), ("full",)),
-             ("forward", "DiT-B/2", 64, default, ("full",), ("full",)),
-             ("forward", "DiT-XL/2", 64, default, ("full",), ("full",)),
-             ("forward", "DiT-XL/2", 1, default, ("full",), ("full",))]
+    default, full = ("default", "full"), ("full",)
+    # (kind, preset, batch, modes the case runs in, modes it compiles in, modes for max-autotune).
+    # Compiles dominate: estimated 40-90 s each cold on an H100 (XL/2 forward; B/2 fwd+bwd plus the EMA
+    # target's inference graph), 2-3 min with max-autotune's GEMM tuning: max-autotune runs by default
+    # only on the XL/2 forward row, and as the very last case, where the budget cuts it first.
+    table = [("forward", "DiT-XL/2", 256, ALL, default, default),   # SPEC §6 row
+             ("forward", "DiT-B/2", 256, ALL, ALL, full),
+             ("train", "DiT-B/2", 256, ALL, default, full),         # SPEC §6 row
+             ("forward", "DiT-B/2", 1, ALL, full, full),
+             ("forward", "DiT-B/2", 64, default, full, full),
+             ("forward", "DiT-XL/2", 64, default, full, full),
+             ("forward", "DiT-XL/2", 1, default, full, full)]
     cheap = [Case(kind, preset, batch, p, runs) for kind, preset, batch, runs, _, _ in table
              for p in ("eager", "triton")]
     compiled = [Case(kind, preset, batch, "compile", comp) for kind, preset, batch, _, comp, _ in table]
@@ -94,7 +99,9 @@ def _model(preset, kernels):
     if key not in _MODELS:
         if kernels == "triton":
             ref = _model(preset, "torch")
-            model = ShortcutDiT(ref.cfg, kernels="triton").to(DEVICE)
+            with torch.device(DEVICE):
+                model = ShortcutDiT(ref.cfg, kernels="triton")
+            model = model.to(DEVICE)
             model.load_state_dict(ref.state_dict())
         else:
             torch.manual_seed(0)
@@ -138,10 +145,10 @@ def _compiled(module, provider):
 
 
 def _sdpa_backend_of(cfg, batch):
-    shape = (batch, cfg.num_heads, cfg.num_tokens, cfg.head_dim)
+    """The backend SDPA picks for the model's attention: q, k, v as strided views of one fused qkv."""
     dtype = torch.bfloat16 if CUDA else torch.float32
-    q, k, v = (torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(3))
-    return sdpa_backend(q, k, v)
+    qkv = torch.randn(batch, cfg.num_tokens, 3, cfg.num_heads, cfg.head_dim, device=DEVICE, dtype=dtype)
+    return sdpa_backend(*qkv.permute(2, 0, 3, 1, 4).unbind(0))
 
 
 def _extra(case, cfg):

@@ -127,10 +127,22 @@ def test_render_marks_a_cut_off_run_and_an_empty_one():
 
 def test_who_is_ours_and_peak_fraction():
     assert report.is_ours({"provider": "triton"}) and not report.is_ours({"provider": "triton_pad128"})
-    assert report.is_ours({"provider": "graph", "ours": True}) and not report.is_ours({"provider": "triton", "ours": False})
+    assert report.is_ours({"provider": "graph", "ours": True})
+    assert not report.is_ours({"provider": "triton", "ours": False})
     peaks = {"copy_gbps": 1000.0, "matmul_tflops": 100.0}
     assert report.peak_fraction({"gbps": 500.0, "tflops": 80.0}, peaks) == pytest.approx(0.8)   # the binding one
     assert report.peak_fraction({"gbps": 500.0}, {}) is None
+
+
+def test_rows_of_different_presets_or_dtypes_are_not_compared():
+    rows = [{"op": "sample", "preset": p, "dtype": "bf16", "provider": prov, "shape": [1, 1], "median_s": m}
+            for p, prov, m in (("DiT-B/2", "eager", 4e-3), ("DiT-XL/2", "eager", 8e-3),
+                               ("DiT-B/2", "graph", 1e-3), ("DiT-XL/2", "graph", 2e-3))]
+    rows.append({"op": "DiT-B/2 forward", "preset": "DiT-B/2", "provider": "eager", "shape": "B=1", "median_s": 1.0})
+    text = report.render(dict(DOC, results=rows, not_run=[]))
+    assert "## sample · DiT-B/2 · bf16\n" in text and "## sample · DiT-XL/2 · bf16\n" in text
+    assert "## DiT-B/2 forward\n" in text                            # the preset is in the op name already
+    assert text.count("| 1×1 | graph | 4.00× |") == 2                # each preset against its own eager
 
 
 def _bench_json():
@@ -178,7 +190,8 @@ def test_update_readme_replaces_only_the_marked_section(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
     report.update_readme(str(readme), "# Title\n\n## op\n\n| a |\n")
-    assert readme.read_text() == f"intro\n{report.README_START}\n## Title\n\n### op\n\n| a |\n{report.README_END}\noutro\n"
+    start, end = report.README_START, report.README_END
+    assert readme.read_text() == f"intro\n{start}\n## Title\n\n### op\n\n| a |\n{end}\noutro\n"
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="results:start"):
         report.update_readme(str(readme), "x")
@@ -208,9 +221,11 @@ def test_measure_records_median_and_physics_on_cpu():
     info = bench.extra_info
     assert len(calls) == 2 + common.CPU_ROUNDS and out == len(calls)      # warm-up calls, then the timed rounds
     assert info["op"] == "op" and info["provider"] == "p" and info["shape"] == [2, 3] and info["note"] == "x"
-    assert info["rounds"] == common.CPU_ROUNDS and info["timer"] == "perf_counter" and info["torch"] == torch.__version__
+    assert info["rounds"] == common.CPU_ROUNDS and info["timer"] == "perf_counter"
+    assert info["torch"] == torch.__version__
     assert info["min_s"] <= info["median_s"]
-    assert info["gbps"] == pytest.approx(4.0 / info["median_s"]) and info["tflops"] == pytest.approx(6.0 / info["median_s"])
+    assert info["gbps"] == pytest.approx(4.0 / info["median_s"])
+    assert info["tflops"] == pytest.approx(6.0 / info["median_s"])
 
 
 def test_measure_disabled_runs_once_and_times_nothing():
@@ -261,6 +276,7 @@ def test_one_command_writes_json_and_markdown(tmp_path):
     md = [p for p in out.iterdir() if p.suffix == ".md"]
     assert len(md) == 1 and md[0].name.endswith("-cpu.md")
     doc = json.loads(md[0].with_suffix(".json").read_text())
-    assert {(r["op"], r["provider"]) for r in doc["results"]} == {("tiny forward", "eager"), ("tiny train step", "eager")}
+    rows = {(r["op"], r["provider"]) for r in doc["results"]}
+    assert rows == {("tiny forward", "eager"), ("tiny train step", "eager")}
     assert doc["peaks"]["copy_gbps"] > 0 and doc["complete"]
     assert md[0].read_text() == report.render(doc)
