@@ -459,12 +459,18 @@ def _truncate_metrics(path, step):
 
 
 def _decoder(dataset, device):
-    """Latent data: a function latents -> images through the dataset's VAE; identity otherwise."""
+    """Latent data: a function latents -> images through the dataset's VAE (loaded on first use); identity
+    otherwise."""
     if not dataset.latent:
         return lambda x: x
     from .encode import load_vae, vae_decode
-    vae = load_vae(dataset.latent["vae"], device)
-    return lambda z: vae_decode(vae, z, dataset.latent["scale_factor"])
+    vae = []   # loaded at the first grid, not held in memory through training before it is needed
+
+    def decode(z):
+        if not vae:
+            vae.append(load_vae(dataset.latent["vae"], device))
+        return vae_decode(vae[0], z, dataset.latent["scale_factor"])
+    return decode
 
 
 def _grid(ema, dataset, path, device, cfg, decode, env):
