@@ -19,10 +19,12 @@ exceeds one tile) and loop over the input features.
 Dtypes (the reference's): the Linears compute in the weights' dtype, or in the autocast dtype when autocast
 is on for the device (weights are then cast tile by tile in registers; no cast kernel); c has dtype
 promote(that, table); SiLU(c) is written in the autocast dtype under autocast, else in c's dtype.
-fp32 dots run in IEEE fp32 (no TF32). float64, CPU tensors outside the Triton interpreter and machines
-without Triton run `embed_conditioning_ref`. Backward (training): custom ops in plain PyTorch, fp32,
-~25 small launches (mm for every weight gradient, index_add_ for the label rows, elementwise SiLU');
-t and k are data and get no gradient.
+fp32 dots run in IEEE fp32 (no TF32). float64, CPU tensors outside the Triton interpreter, bf16 under the
+interpreter (its bf16 arithmetic is wrong) and machines without Triton run `embed_conditioning_ref`.
+Backward (training): two custom ops in plain PyTorch computing in fp32: 17 launches with fp32 weights
+(the features kernel again, 8 mm for the weight gradients and dSiLU(a), 2 silu_backward, index_add_ for
+the label rows, a few sums and copies), ~35 in 16-bit (the casts to and from fp32). t and k are data
+and get no gradient.
 """
 import functools
 import math
@@ -315,12 +317,6 @@ def _embed_sum(a, w2_t, b2_t, w2_k, b2_k, table, y, c_dtype, s_dtype):
     return c, s
 
 
-def _silu_grad(x):
-    """d SiLU(x) / dx = σ(x)·(1 + x·(1 − σ(x))), fp32."""
-    sig = torch.sigmoid(x)
-    return sig * (1 + x * (1 - sig))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Custom ops: opaque to torch.compile (one node each, traced via the fake implementations), gradients
 # through backward custom ops in plain PyTorch. Those run in fp32 with autocast off (a backward under an
@@ -398,19 +394,23 @@ def _(a, w2_t, b2_t, w2_k, b2_k, table, y, c_dtype, s_dtype):
 def _embed_sum_bwd(dc: Optional[torch.Tensor], ds: Optional[torch.Tensor], c: torch.Tensor, a: torch.Tensor,
                    w2_t: torch.Tensor, w2_k: torch.Tensor, table: torch.Tensor, y: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    silu_backward = torch.ops.aten.silu_backward   # grad · SiLU'(x) in one kernel
     with torch.autocast(a.device.type, enabled=False):
-        g = torch.zeros(c.shape, dtype=torch.float32, device=c.device)    # dL/dc, both outputs folded in
-        if dc is not None:
-            g += dc
+        g = None if dc is None else dc.float()                           # dL/dc, both outputs folded in
         if ds is not None:
-            g += ds.float() * _silu_grad(c.float())
+            g_s = silu_backward(ds.float(), c.float())
+            g = g_s if g is None else g + g_s
+        if g is None:
+            g = torch.zeros(c.shape, dtype=torch.float32, device=c.device)
         af = a.float()
-        h = (af * torch.sigmoid(af)).to(a.dtype).float()                # the kernel's SiLU(a), (2, B, D)
+        h = F.silu(af).to(a.dtype).float()                               # the kernel's SiLU(a), (2, B, D)
         dw2_t, dw2_k = g.T @ h[0], g.T @ h[1]                            # (D, D) each
         db2 = g.sum(0)                                                   # (D,), the same for both biases
         dtable = torch.zeros(table.shape, dtype=torch.float32, device=table.device).index_add_(0, y, g)
-        sg = _silu_grad(af)
-        da = torch.stack([(g @ w2_t.float()) * sg[0], (g @ w2_k.float()) * sg[1]])   # (2, B, D)
+        dh = torch.empty(a.shape, dtype=torch.float32, device=a.device)  # dL/dSiLU(a), (2, B, D)
+        torch.mm(g, w2_t.float(), out=dh[0])
+        torch.mm(g, w2_k.float(), out=dh[1])
+        da = silu_backward(dh, af)
     return (da.to(a.dtype), dw2_t.to(w2_t.dtype), db2.to(w2_t.dtype), dw2_k.to(w2_k.dtype),
             db2.to(w2_k.dtype).clone(), dtable.to(table.dtype))
 
@@ -521,8 +521,9 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     w_dtype = t_mlp[0].dtype
     cast = _autocast_dtype(t.device)
     dtype = cast or w_dtype
-    if not (_launchable(t.device) and w_dtype in KERNEL_DTYPES and dtype in KERNEL_DTYPES
-            and table.dtype in KERNEL_DTYPES):
+    dtypes = (w_dtype, dtype, table.dtype)
+    if not (_launchable(t.device) and all(d in KERNEL_DTYPES for d in dtypes)
+            and not (interpreting() and torch.bfloat16 in dtypes)):
         return embed_conditioning_ref(t, k, y, t_mlp, k_mlp, table, t_scale, k_scale, max_period)
     c_dtype = torch.promote_types(dtype, table.dtype)
     # Weights and the table are read through their strides; the 1-D inputs must be contiguous (no-ops for

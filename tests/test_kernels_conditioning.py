@@ -324,7 +324,8 @@ def test_embed_conditioning_ref_is_the_modules(gen):
 
 
 def test_embed_conditioning_fallbacks(gen, monkeypatch):
-    """float64 and CPU tensors outside the interpreter run the reference; an empty batch is empty."""
+    """float64, bf16 under the interpreter and CPU tensors outside it run the reference; an empty batch is
+    empty."""
     mods, mods64 = _embedders(16, 32, torch.float32, gen)
     t, k, y = _inputs(3, gen)
     for a, b in zip(_fused(mods64, t.double(), k, y), _modules(mods64, t.double(), k, y)):
@@ -332,6 +333,12 @@ def test_embed_conditioning_fallbacks(gen, monkeypatch):
     c, silu_c = _fused(mods, t[:0], k[:0], y[:0])
     assert c.shape == silu_c.shape == (0, 16)
     if not HAS_CUDA:
+        launches = TritonLaunches(monkeypatch)
+        bf16 = copy.deepcopy(mods).bfloat16()
+        for a, b in zip(_fused(bf16, t, k, y), _modules(bf16, t, k, y)):
+            assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+        assert launches.names == []
+        monkeypatch.undo()
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         monkeypatch.setattr(conditioning, "_embed_hidden", lambda *a: pytest.fail("kernel launched"))
         for a, b in zip(_fused(mods, t, k, y), _modules(mods, t, k, y)):
