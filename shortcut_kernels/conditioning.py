@@ -5,9 +5,9 @@
     timestep_features(t, k, dim, t_scale, k_scale)    -> (2, B, dim) fp32: the sinusoids alone, one launch
 
 An embedder (DiT's TimestepEmbedder) is sinusoidal features [cos(v·f), sin(v·f)], f_i = max_period^(-i/half),
-then Linear(F -> D), SiLU, Linear(D -> D); t_mlp / k_mlp are its (w1, b1, w2, b2). Run as modules the
-conditioning costs ~12 launches per embedder pair (features, 4 Linears, 2 SiLUs, gather, 2 adds) plus one
-per block; here:
+then Linear(F -> D), SiLU, Linear(D -> D); t_mlp / k_mlp are its (w1, b1, w2, b2). Run as DiT's modules
+the conditioning costs ~30 launches (per embedder ~9 small kernels for the sinusoids, 2 Linears and a
+SiLU; the label gather, 2 adds, SiLU(c)) plus one Linear per block; here, 3 at any depth:
   launch 1 `_embed_hidden_kernel`: the features of t and k computed in registers, both first Linears
            (tl.dot over weight tiles, fp32 accumulate, bias) -> a = (2, B, D) pre-activations;
   launch 2 `_embed_sum_kernel`: SiLU(a) on load, both second Linears, both biases, the label row gather,
@@ -206,8 +206,8 @@ if triton_available():
             acc = _silu_dot(acc, a_k + ks[None, :], w_k + ks[:, None] * stride_k_k, a_mask, w_mask, DOT_PRECISION)
         acc += (tl.load(B2T + cols, mask=col_ok, other=0.0).to(tl.float32)
                 + tl.load(B2K + cols, mask=col_ok, other=0.0).to(tl.float32))[None, :]
-        # Label rows. Labels outside [0, V) read nothing (a zero row) instead of faulting; the public
-        # function checks them where that costs no device sync (CPU tensors).
+        # Label rows. Labels outside [0, V) read nothing (a zero row) instead of faulting; the launcher
+        # checks them where that costs no device sync (CPU tensors).
         y = tl.load(Y + rows, mask=row_ok, other=0).to(tl.int64)
         y_ok = row_ok & (y >= 0) & (y < V)
         mask = row_ok[:, None] & col_ok[None, :]
