@@ -109,6 +109,11 @@ def test_adaln_projections_equal_per_block_linears(gen):
     for m, s in zip(mods, sizes):
         torch.testing.assert_close(m, F.linear(F.silu(c), w[start:start + s], b[start:start + s]))
         start += s
+    # A given SiLU(c) is used as it is, not recomputed from c.
+    given = adaln_projections(c, w, b, sizes, silu_c=F.silu(c) + 1)
+    torch.testing.assert_close(torch.cat(given, 1), F.linear(F.silu(c) + 1, w, b))
+    with pytest.raises(ValueError, match=r"silu_c must have the shape of c \(3, 8\)"):
+        adaln_projections(c, w, b, sizes, silu_c=c[:2])
     with pytest.raises(ValueError, match=r"sizes must add up to weight.shape\[0\] = 112"):
         adaln_projections(c, w, b, (48, 48))
     with pytest.raises(ValueError, match=r"weight must have shape \(N, 8\)"):
