@@ -50,13 +50,15 @@ def load(path):
 
 def normalize(bench=None, outcomes=None, peaks=None, date=None, complete=True):
     """One document: env, peaks, result rows (extra_info + test id), tests that did not run, completeness."""
+    # A row whose test then failed (e.g. its output disagreed with the reference) is not a result.
+    failed = {r.get("test") for r in outcomes or [] if r.get("outcome") == "failed"}
     results = []
     if bench is not None:
         for b in bench.get("benchmarks", []):
             row = {"test": b.get("fullname", b.get("name")), **b.get("extra_info", {})}
             if "median_s" not in row and b.get("stats"):   # a benchmark that did not use common.measure
                 row.update(median_s=b["stats"]["median"], timer="pytest-benchmark")
-            if "op" in row and "median_s" in row:
+            if "op" in row and "median_s" in row and row["test"] not in failed:
                 results.append(row)
     elif outcomes:
         for r in outcomes:

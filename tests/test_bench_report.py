@@ -157,15 +157,20 @@ def _bench_json():
 
 def test_build_from_pytest_benchmark_json_and_outcome_lines(tmp_path):
     bench, outcomes = tmp_path / "bench.json", tmp_path / "outcomes.jsonl"
-    bench.write_text(json.dumps(_bench_json()))
     lines = [{"test": "bench/a.py::test_a[1]", "outcome": "passed", "when": "call", "extra_info": {"op": "x"}},
              {"test": "bench/a.py::test_d", "outcome": "skipped", "when": "setup", "reason": "needs CUDA"}]
+    failing = {"fullname": "bench/a.py::test_e", "stats": {"median": 1.0},
+               "extra_info": {"op": "x", "provider": "triton", "shape": [1], "median_s": 1e-4}}
+    bench.write_text(json.dumps(dict(_bench_json(), benchmarks=_bench_json()["benchmarks"] + [failing])))
+    lines.append({"test": "bench/a.py::test_e", "outcome": "failed", "when": "call", "reason": "wrong output"})
     outcomes.write_text("".join(json.dumps(r) + "\n" for r in lines))
     doc = report.build([str(bench), str(outcomes)], peaks={"env": {"gpu": "GPU Y"}, "peaks": {"copy_gbps": 1.0}})
+    # test_c has no op (not a measure() row); test_e failed after timing: neither is a result.
     assert [r["test"] for r in doc["results"]] == ["bench/a.py::test_a[1]", "bench/a.py::test_b"]
     assert doc["results"][0]["median_s"] == 1e-3                                   # measure's own median
     assert doc["results"][1]["median_s"] == 0.5 and doc["results"][1]["timer"] == "pytest-benchmark"
-    assert doc["not_run"] == [{"test": "bench/a.py::test_d", "outcome": "skipped", "reason": "needs CUDA"}]
+    assert doc["not_run"] == [{"test": "bench/a.py::test_d", "outcome": "skipped", "reason": "needs CUDA"},
+                              {"test": "bench/a.py::test_e", "outcome": "failed", "reason": "wrong output"}]
     assert doc["env"] == {"gpu": "GPU Y"} and doc["peaks"] == {"copy_gbps": 1.0} and doc["complete"]
     assert report.stamp(doc) == "2025-06-01-1432-gpu-y"
 
