@@ -10,7 +10,8 @@
   failure reason, and the benchmark's extra_info; the report is built from it when a run is cut off);
 - files that set `RUN_LAST = True` run after the others; a file's `BUDGET_WEIGHT` (default 1) sets its
   share of --bench-budget-s;
-- records the GPU, clocks, versions and default SDPA backend in pytest-benchmark's machine_info;
+- records the GPU, clocks and versions in pytest-benchmark's machine_info (the SDPA backend that ran is
+  in each attention row's extra_info and in bench/peaks.py's environment);
 - a `device` fixture ("cuda" when available, else "cpu") for files that want one.
 """
 import json
