@@ -111,6 +111,9 @@ def inception_features(device="cpu", weights=None):
     except ImportError as e:
         raise RuntimeError("FID needs the Inception network from pytorch-fid: pip install 'shortcut[fid]' "
                            "(or pass a feature network to shortcut.fid functions yourself)") from e
+    except Exception as e:   # e.g. a torchvision built for another torch fails at import with RuntimeError
+        raise RuntimeError(f"FID needs pytorch-fid, which failed to import ({type(e).__name__}: {e}); it needs "
+                           f"a torchvision matching torch {torch.__version__}") from e
     if weights is not None and not os.path.isfile(weights):
         raise FileNotFoundError(f"--inception-weights {weights!r} is not a file")
     hub_dir = torch.hub.get_dir()

@@ -222,10 +222,10 @@ def _train(cfg, env):
         raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world_size × grad_accum "
                          f"({env.world_size} × {A} = {S}): it is the global batch, split into equal shards")
     shards = list(range(env.rank * A, (env.rank + 1) * A))
+    dataset = make_dataset(cfg.data, **data_options(cfg))   # bad data fails before anything is written
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT)
 
-    dataset = make_dataset(cfg.data, **data_options(cfg))
     torch.manual_seed(cfg.seed)
     raw = build_model(cfg, dataset).to(device)
     ema = copy.deepcopy(raw).requires_grad_(False).eval()

@@ -1,4 +1,5 @@
-"""Image folders, the stream sampler, `shortcut encode` with a tiny random AutoencoderKL (no download),
+"""Image folders, the stream sampler, `shortcut encode` with a tiny random AutoencoderKL (no download;
+diffusers + safetensors come with the test extra: these tests run in CI, they are not skipped),
 latent training with decoded samples, and the bad inputs (each a clear error, nothing half-written)."""
 import json
 import os
@@ -14,8 +15,6 @@ from shortcut.data import (MANIFEST, ImageFolder, LatentDataset, StreamSampler, 
                            scan_image_folder)
 from shortcut.encode import encode_folder, load_vae, vae_decode, vae_encode
 from shortcut.train import CHECKPOINT
-
-pytest.importorskip("diffusers", reason="install the test extra: pip install -e '.[test]'")
 
 SIZE = 16
 

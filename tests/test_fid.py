@@ -144,6 +144,16 @@ def test_without_inception_the_errors_say_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"pip install 'shortcut\[fid\]'"):
         inception_features()
 
+    # Installed, but its torchvision was built for another torch: importing it raises RuntimeError.
+    pkg = tmp_path / "site" / "pytorch_fid"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "inception.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "pytorch_fid")
+    with pytest.raises(RuntimeError, match="pytorch-fid, which failed to import .*torchvision::nms.*matching torch"):
+        inception_features()
+
     def offline():   # what torch.hub does without internet and without the cached file
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 

@@ -10,8 +10,6 @@ from shortcut import ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, fro
 from shortcut.cli import main
 from shortcut.train import CHECKPOINT, model_from_checkpoint
 
-pytest.importorskip("safetensors", reason="install the test extra: pip install -e '.[test]'")
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
