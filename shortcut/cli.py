@@ -48,7 +48,7 @@ def add_dataclass_args(parser, cls, skip=()):
         if isinstance(default, bool):
             parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"default {default}")
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=type(default[0]), nargs=len(default), default=None,
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=None,
                                 help=f"default {' '.join(map(str, default))}")
         elif isinstance(default, (int, float, str)):
             parser.add_argument(flag, type=type(default), default=None, help=f"default {default}")
@@ -150,7 +150,8 @@ def main(argv=None):
         cfg = config_from_args(args, base)
         from .train import train
         result = train(cfg)
-        print(json.dumps(result.history[-1] if result.history else {}))
+        if result.rank == 0:   # under torchrun every rank returns the same (reduced) metrics
+            print(json.dumps(result.history[-1] if result.history else {}))
     elif args.command == "demo":
         from .demo import run_demo
         run_demo(out_dir=args.out_dir, steps=args.steps, per_class=args.per_class, device=args.device)

@@ -170,6 +170,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas must be two numbers (beta1, beta2), got {self.betas!r}")
         for name in ("grad_accum",):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
