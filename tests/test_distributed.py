@@ -172,3 +172,27 @@ def test_torchrun_environment_is_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(RuntimeError, match="MASTER_ADDR is not set: launch with torchrun"):
         train(_cfg(tmp_path))
+
+
+def test_paper_recipes_and_cli_recipe(tmp_path):
+    from shortcut.cli import build_parser, config_from_args
+    from shortcut.config import TRAIN_PRESETS
+    assert set(TRAIN_PRESETS) == {"celebahq256-dit-b2", "imagenet256-dit-b2", "imagenet256-dit-xl2"}
+    celeba = TrainConfig.recipe("celebahq256-dit-b2", data="latents:x")
+    assert (celeba.preset, celeba.batch_size, celeba.steps, celeba.official) == ("DiT-B/2", 64, 410_000, True)
+    assert celeba.objective.class_dropout_prob == 1.0 and not celeba.objective.bootstrap_cfg
+    xl = TrainConfig.recipe("imagenet256-dit-xl2", data="latents:x")
+    assert (xl.preset, xl.batch_size, xl.steps, xl.ema_decay, xl.lr) == ("DiT-XL/2", 256, 810_000, 0.999, 1e-4)
+    assert xl.objective.bootstrap_cfg and xl.objective.bootstrap_cfg_scale == 1.5
+    assert xl.objective.bootstrap_fraction == 0.125 and xl.objective.class_dropout_prob == 0.1
+    args = build_parser().parse_args(["train", "--recipe", "imagenet256-dit-b2", "--data", "latents:x", "--steps", "5",
+                                      "--grid-steps", "1", "4", "--bootstrap-fraction", "0.25"])
+    cfg = config_from_args(args, TrainConfig.recipe(args.recipe, data=args.data))
+    assert (cfg.steps, cfg.batch_size, cfg.grid_steps, cfg.preset) == (5, 256, (1, 4), "DiT-B/2")
+    assert cfg.objective.bootstrap_fraction == 0.25 and cfg.objective.bootstrap_cfg
+    with pytest.raises(ValueError, match="unknown recipe"):
+        TrainConfig.recipe("cifar10", data="x")
+    # A recipe at toy scale trains (official network, guided bootstrap targets).
+    res = train(TrainConfig.recipe("imagenet256-dit-b2", data="digits", preset="tiny", steps=2, batch_size=16,
+                                   out_dir=str(tmp_path), progress=False, grid_steps=(1,), num_workers=0))
+    assert res.model.cfg.attn_scale == "head_dim" and res.history[-1]["step"] == 2
