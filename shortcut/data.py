@@ -375,8 +375,9 @@ class StreamSampler:
         if e != self._epoch:
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 0x64617461, e])
                                                   .generate_state(1, np.uint64)[0] >> np.uint64(1)))
-            self._perm = torch.randperm(self.n, generator=g)
-            self._flip = torch.rand(self.n, generator=g) < 0.5
+            # numpy: indexing one item costs ~0.1 µs instead of a tensor op's few µs (256 lookups a step)
+            self._perm = torch.randperm(self.n, generator=g).numpy()
+            self._flip = (torch.rand(self.n, generator=g) < 0.5).numpy()
             self._epoch = e
         return self._perm, self._flip
 
