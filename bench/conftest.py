@@ -34,6 +34,13 @@ if not HAS_CUDA:
         raise RuntimeError("triton was imported before bench/conftest.py could set TRITON_INTERPRET=1; "
                            "without CUDA the Triton providers need the interpreter")
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # One pytest process compiles the same functions (the model forward, the adaLN references) at many
+    # shapes; past Dynamo's recompile limit (default 8) it silently runs eagerly, turning compiled rows
+    # into eager ones. Raised once here for every benchmark file.
+    for _name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, _name):
+            setattr(torch._dynamo.config, _name, 64)
 
 import common  # noqa: E402
 

@@ -60,8 +60,10 @@ def _dtypes(name):
 
 
 def _compile(key, fn):
+    """One static-shape compile per key: a compiled function reused across shapes would recompile with
+    dynamic shapes (a slower baseline) and, past Dynamo's recompile limit, silently run eagerly."""
     if key not in _compiled:
-        _compiled[key] = torch.compile(fn, fullgraph=True)
+        _compiled[key] = torch.compile(fn, fullgraph=True, dynamic=False)
     return _compiled[key]
 
 
@@ -100,7 +102,7 @@ def test_adaln(benchmark, B, T, D, op, dtype, provider, mode):
     branch = torch.randn(B, T, D, generator=gen).to(DEVICE, m_dt).requires_grad_(backward)
     inputs = (x, mods, branch) if gated else (x, mods)
     fused, ref = (_gated_fused, _gated_ref) if gated else (_modulate_fused, _modulate_ref)
-    call = {"triton": fused, "eager": ref}.get(provider) or _compile((op, provider), ref)
+    call = {"triton": fused, "eager": ref}.get(provider) or _compile((op, B, T, D, dtype, mode), ref)
     grads_out = [torch.randn(B, T, D, generator=gen).to(DEVICE, dt) for dt in ((x_dt, h_dt) if gated else (h_dt,))]
 
     def fn():

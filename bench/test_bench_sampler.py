@@ -38,12 +38,7 @@ if CUDA:
     PRESETS = ["DiT-B/2", "DiT-XL/2"]
     BATCHES = [1, 64]
     PROVIDERS = ["eager", "compile-ro", "graph", "graph-nocache", "graph-compiled"]
-    DTYPE = torch.bfloat16
-    # Several models and batch sizes recompile the same forward more than Dynamo's default limit (8) allows;
-    # past it Dynamo silently runs eagerly, which would make the compiled rows eager rows.
-    for _name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(torch._dynamo.config, _name):
-            setattr(torch._dynamo.config, _name, 64)
+    DTYPE = torch.bfloat16   # bench/conftest.py raises Dynamo's recompile limit for the compiled rows
 else:
     PRESETS = ["tiny"]
     BATCHES = [2]

@@ -166,30 +166,26 @@ def main(argv=None):
         print(save_pretrained(args.ckpt, args.out, weights=args.weights))
 
 
-def _load(args, ckpt):
-    from .train import model_from_checkpoint, resolve_device
-    device = resolve_device(args.device)
-    model, cfg = model_from_checkpoint(ckpt, use_ema=not getattr(args, "live", False))
-    return model.to(device), cfg, device
-
-
 def eval_cmd(args):
-    from .data import make_dataset
+    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD) metrics per step count; --fid for images."""
+    from .data import TOY_2D
     from .eval import evaluate_2d, evaluate_digits, format_table
+    from .train import resolve_device
     if args.fid:
         return fid_cmd(args)
+    device = resolve_device(args.device)
     results, metrics = {}, None
     for ckpt in args.ckpt:
-        model, cfg, device = _load(args, ckpt)
-        name = os.path.basename(os.path.dirname(os.path.abspath(ckpt))) or ckpt
-        if cfg.data == "digits":
+        model, info, _ = load_for_sampling(ckpt, device, live=args.live)
+        name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
+        if info["name"] == "digits":
             results[name] = evaluate_digits(model, args.steps, per_class=args.per_class, device=device)
             kind = ["accuracy", "fd"]
-        elif not make_dataset(cfg.data).is_image:
-            results[name] = evaluate_2d(model, cfg.data, args.steps, device=device)
+        elif info["name"] in TOY_2D:
+            results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
             kind = ["energy", "swd"]
         else:
-            raise SystemExit(f"no evaluation for data {cfg.data!r} ({ckpt})")
+            raise SystemExit(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):
             raise SystemExit(f"--ckpt: checkpoints of different kinds of data cannot share a table ({ckpt})")
         metrics = kind
@@ -255,14 +251,16 @@ def load_for_sampling(path, device, live=False):
 
 
 def sample_cmd(args):
-    from .data import make_dataset
+    """`shortcut sample`: a PNG grid, one row per step count (latent models decoded with their VAE)."""
     from .eval import grid_image, scatter_image
     from .sampler import sample
-    model, cfg, device = _load(args, args.ckpt)
-    data = make_dataset(cfg.data)
+    from .train import resolve_device
+    device = resolve_device(args.device)
+    model, info, decode = load_for_sampling(args.ckpt, device)
+    shape, num_classes = tuple(info["shape"]), info["num_classes"]
     g = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.n, *data.shape, generator=g).to(device)
-    y = (torch.arange(args.n, device=device) % data.num_classes) if data.num_classes else None
+    noise = torch.randn(args.n, *shape, generator=g).to(device)
+    y = (torch.arange(args.n, device=device) % num_classes) if num_classes else None
     if args.graph and device.type != "cuda":
         print("--graph needs CUDA; sampling eagerly on the CPU", file=sys.stderr)
     rows = []
@@ -271,10 +269,11 @@ def sample_cmd(args):
             from .sampler import GraphSampler
             # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path: cast the noise.
             gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale)
-            rows.append(gs(noise.to(gs.dtype), y).float().cpu())
+            x = gs(noise.to(gs.dtype), y)
         else:
-            rows.append(sample(model, noise, s, y=y, cfg_scale=args.cfg_scale).float().cpu())
-    img = grid_image(rows) if data.is_image else scatter_image(rows)
+            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale)
+        rows.append((decode(x) if decode else x).float().cpu())
+    img = grid_image(rows) if len(shape) == 3 else scatter_image(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     img.save(args.out)
     print(args.out)

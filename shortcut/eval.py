@@ -70,16 +70,23 @@ def _fit(clf, opt, data, steps, g):
 
 
 def frechet_distance(a, b):
-    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½) between two feature sets (N, F), in float64.
+    """Fréchet distance between two feature sets (N, F): `frechet_from_stats` of their means and covariances."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"feature sets must be (N, F) with the same F and N >= 2, got {a.shape} and {b.shape}")
+    return frechet_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def frechet_from_stats(mu_a, sigma_a, mu_b, sigma_b):
+    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½) in float64.
 
     The trace of the matrix square root is computed as Σ √λ of Σa^½ Σb Σa^½, which is symmetric PSD,
     so no complex sqrtm is needed.
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"feature sets must be (N, F) with the same F and N >= 2, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    sa, sb = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
+    if mu_a.shape != mu_b.shape or sa.shape != sb.shape or sa.shape != (mu_a.shape[0],) * 2:
+        raise ValueError(f"statistics do not match: mu {mu_a.shape} vs {mu_b.shape}, sigma {sa.shape} vs {sb.shape}")
     w, v = np.linalg.eigh(sa)
     sa_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ sb @ sa_half), 0, None)).sum()

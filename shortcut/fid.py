@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 import torch
 
+from .eval import frechet_from_stats
 from .sampler import sample
 
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"   # the name torch.hub caches pytorch-fid's weights under
@@ -82,19 +83,6 @@ def load_stats(path):
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: mu must be (F,) and sigma (F, F), got {mu.shape} and {sigma.shape}")
     return mu, sigma
-
-
-def frechet_from_stats(mu_a, sigma_a, mu_b, sigma_b):
-    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½), float64; the trace of the square root as in
-    shortcut.eval.frechet_distance: Σ √λ of the symmetric PSD Σa^½ Σb Σa^½ (no complex sqrtm)."""
-    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
-    sa, sb = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
-    if mu_a.shape != mu_b.shape or sa.shape != sb.shape or sa.shape != (mu_a.shape[0],) * 2:
-        raise ValueError(f"statistics do not match: mu {mu_a.shape} vs {mu_b.shape}, sigma {sa.shape} vs {sb.shape}")
-    w, v = np.linalg.eigh(sa)
-    sa_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ sb @ sa_half), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ import weakref
 
 import torch
 
+from .profiling import nvtx_range
 from .sampler import check_labels, check_steps, guided_velocity
 
 MAX_GRAPHS = 8                    # captured loops kept per model
@@ -346,8 +347,9 @@ class _Captured:
     def replay(self, model):
         """The sampled x: a fresh tensor (the static output is cloned; an eager run allocates anyway)."""
         if self.graph is not None:
-            self.graph.replay()
-            return self.out.clone()
+            with nvtx_range("graph_sampler.replay"):
+                self.graph.replay()
+                return self.out.clone()
         return self.run(model)
 
     def release(self):

@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from .profiling import nvtx_range
+
 MAX_STEPS = 128
 
 
@@ -56,8 +58,9 @@ def sample(model, noise, steps=1, y=None, cfg_scale=1.0, return_trajectory=False
     x, d = noise, 1.0 / steps
     traj = [x]
     for i in range(steps):
-        t = torch.full((B,), i * d, dtype=torch.float32, device=noise.device)
-        x = x + d * guided_velocity(model, x, t, k, y, cfg_scale, null).to(x.dtype)
+        with nvtx_range(f"sample.step{i}"):
+            t = torch.full((B,), i * d, dtype=torch.float32, device=noise.device)
+            x = x + d * guided_velocity(model, x, t, k, y, cfg_scale, null).to(x.dtype)
         traj.append(x)
     return (x, traj) if return_trajectory else x
 

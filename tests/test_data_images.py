@@ -235,6 +235,13 @@ def test_latents_train_resume_and_decode_samples(latents, tmp_path):
     images = decode(z)
     assert images.shape == (3, 3, SIZE, SIZE) and images.abs().max() <= 1
     torch.testing.assert_close(images, vae_decode(load_vae(man["vae"]), z, man["scale_factor"]))
+    # The CLI decodes too: `shortcut sample` on a latent checkpoint writes RGB images at pixel size.
+    png = tmp_path / "cli.png"
+    main(["sample", "--ckpt", str(run / CHECKPOINT), "--steps", "1", "2", "--n", "3", "--out", str(png)])
+    grid = Image.open(png)
+    assert grid.mode == "RGB" and grid.size == (3 * (SIZE + 2) * 4, 2 * (SIZE + 2) * 4)
+    with pytest.raises(SystemExit, match="use --fid"):
+        main(["eval", "--ckpt", str(run / CHECKPOINT), "--steps", "1"])
 
 
 def test_pixel_folder_training_and_cli_encode(folder, vae_dir, tmp_path, capsys):
