@@ -103,8 +103,8 @@ _SDPA_OPS = {"aten._scaled_dot_product_flash_attention": "flash",
              "aten._scaled_dot_product_attention_math": "math"}
 
 
-def sdpa_backend(q, k, v, scale=None):
-    """The SDPA backend that actually runs for these inputs, read from the aten op SDPA dispatches to.
+def sdpa_backend_of(fn):
+    """The SDPA backend that runs inside `fn()`, read from the first aten SDPA op it dispatches to.
 
     "math" when it falls back to plain matmuls (no fused op is called).
     """
@@ -120,8 +120,13 @@ def sdpa_backend(q, k, v, scale=None):
             return func(*args, **(kwargs or {}))
 
     with torch.no_grad(), _FirstSdpaOp() as mode:
-        torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        fn()
     return mode.backend or "math"
+
+
+def sdpa_backend(q, k, v, scale=None):
+    """The SDPA backend that actually runs for these inputs."""
+    return sdpa_backend_of(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale))
 
 
 _FLUSH = {}

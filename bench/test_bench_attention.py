@@ -20,9 +20,8 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import measure
+from common import measure, sdpa_backend_of
 from shortcut_kernels import attention_qkvpacked, flash_attn_available, flash_attn_qkvpacked
 from shortcut_kernels.attention import _HAS_TRITON, _INTERPRETED, _backward, _forward, _head_blocks
 
@@ -39,35 +38,11 @@ else:
 
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "math": "MATH"}
-# aten op SDPA dispatched to -> backend name recorded in extra_info
-SDPA_OPS = {"aten._scaled_dot_product_flash_attention": "flash",
-            "aten._scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
-            "aten._scaled_dot_product_efficient_attention": "efficient",
-            "aten._scaled_dot_product_cudnn_attention": "cudnn",
-            "aten._scaled_dot_product_attention_math": "math",
-            "aten.bmm": "math"}
 
 
 def _sdpa_qkvpacked(qkv, scale):
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                     # 3 × (B, H, T, Dh) views
     return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)   # (B, T, H, Dh)
-
-
-class _FirstSdpaOp(TorchDispatchMode):
-    """Names the backend behind one SDPA call from the aten op it dispatched to."""
-    backend = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if self.backend is None and name in SDPA_OPS:
-            self.backend = SDPA_OPS[name]
-        return func(*args, **(kwargs or {}))
-
-
-def _sdpa_backend_that_runs(fn):
-    with torch.no_grad(), _FirstSdpaOp() as mode:
-        fn()
-    return mode.backend
 
 
 def _pad128(qkv, scale, backward, do):
@@ -129,7 +104,7 @@ def test_attention(benchmark, B, T, H, Dh, provider, mode):
     with forced:
         if provider.startswith("sdpa"):
             try:
-                extra["sdpa_backend"] = _sdpa_backend_that_runs(lambda: _sdpa_qkvpacked(qkv, scale))
+                extra["sdpa_backend"] = sdpa_backend_of(lambda: _sdpa_qkvpacked(qkv, scale))
             except RuntimeError as e:   # "No available kernel": this backend does not take this shape/dtype
                 pytest.skip(f"{provider} cannot run {(B, H, T, Dh)} {DTYPE}: {str(e).splitlines()[0]}")
         fwd_flops = 4 * B * H * T * T * Dh
