@@ -147,6 +147,8 @@ def main(argv=None):
             if args.data is None:
                 raise SystemExit("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
             base = TrainConfig.recipe(args.recipe, data=args.data)
+        elif args.resume:
+            base = _resumed_config(args.out_dir or TrainConfig().out_dir)
         cfg = config_from_args(args, base)
         from .train import train
         result = train(cfg)
@@ -164,6 +166,17 @@ def main(argv=None):
     elif args.command == "export":
         from .pretrained import save_pretrained
         print(save_pretrained(args.ckpt, args.out, weights=args.weights))
+
+
+def _resumed_config(out_dir):
+    """`--resume`: the run's own TrainConfig from its checkpoint, so flags not given keep the run's values
+    (resuming with the defaults would silently change lr, batch size, EMA, ...). Memory-mapped: no weights
+    are read."""
+    from .train import CHECKPOINT
+    path = os.path.join(out_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        raise SystemExit(f"--resume: no checkpoint at {path} (pass the run's --out-dir)")
+    return TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"])
 
 
 def eval_cmd(args):

@@ -150,3 +150,14 @@ def test_cli_train_eval_sample(tmp_path, capsys):
           "--graph"])
     captured = capsys.readouterr()
     assert png.exists() and "--graph needs CUDA" in captured.err
+
+
+def test_cli_resume_keeps_the_runs_settings(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    main(["train", "--data", "moons", "--steps", "2", "--batch-size", "8", "--lr", "0.005", "--ema-decay", "0.9",
+          "--out-dir", out, "--progress", "false", "--grid-steps", "1"])
+    main(["train", "--out-dir", out, "--steps", "4", "--resume", "true"])
+    cfg = torch.load(os.path.join(out, CHECKPOINT), weights_only=False)["config"]
+    assert (cfg["data"], cfg["lr"], cfg["ema_decay"], cfg["batch_size"], cfg["steps"]) == ("moons", 0.005, 0.9, 8, 4)
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["train", "--out-dir", str(tmp_path / "none"), "--resume", "true"])
