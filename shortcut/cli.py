@@ -7,8 +7,10 @@
 """
 import argparse
 import dataclasses
+import inspect
 import json
 import os
+import re
 import sys
 
 import torch
@@ -38,20 +40,32 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def field_comments(cls):
+    """{field: its trailing comment in the dataclass source}: the comments are the flags' help text."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
 def add_dataclass_args(parser, cls, skip=()):
     """One --flag per dataclass field (underscores become dashes), typed from the default."""
+    notes = field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{notes[f.name]} (default {shown})" if f.name in notes else f"default {shown}"
         if isinstance(default, bool):
-            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"default {default}")
+            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=text)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=type(default[0]), nargs="+", default=None,
-                                help=f"default {' '.join(map(str, default))}")
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=None, help=text)
         elif isinstance(default, (int, float, str)):
-            parser.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+            parser.add_argument(flag, type=type(default), default=None, help=text)
 
 
 def config_from_args(args, base=None):

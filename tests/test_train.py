@@ -161,3 +161,11 @@ def test_cli_resume_keeps_the_runs_settings(tmp_path, capsys):
     assert (cfg["data"], cfg["lr"], cfg["ema_decay"], cfg["batch_size"], cfg["steps"]) == ("moons", 0.005, 0.9, 8, 4)
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["train", "--out-dir", str(tmp_path / "none"), "--resume", "true"])
+
+
+def test_cli_help_comes_from_the_config_comments(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "share of each batch used for self-consistency targets (official 1/8) (default 0.125)" in text
+    assert "--targets TARGETS bootstrap targets from" in text
