@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import interpreting, triton_available
+from ._triton import can_launch, triton_available
 
 MAX_D = 16384
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -339,15 +339,10 @@ def _check(x, shift, scale, eps, out_dtype, branch=None, gate=None):
         raise ValueError(f"eps must be > 0, got {eps!r}")
 
 
-_HAS_TRITON = triton_available()
-
-
 def _use_kernel(*tensors):
-    """_triton.can_launch, with triton_available() read once at import: Dynamo warns on every compile
-    when it traces an lru_cache-wrapped call. float64 (e.g. gradcheck) is left to the reference."""
-    dev = tensors[0].device.type
-    return (_HAS_TRITON and (dev == "cuda" or (dev == "cpu" and interpreting()))
-            and all(t.dtype in KERNEL_DTYPES for t in tensors))
+    """Triton can run here and every dtype is one the kernels take (float64, e.g. gradcheck, is left to the
+    reference)."""
+    return can_launch(tensors[0].device) and all(t.dtype in KERNEL_DTYPES for t in tensors)
 
 
 def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):

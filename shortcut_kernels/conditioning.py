@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import interpreting, triton_available
+from ._triton import can_launch, interpreting, triton_available
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -438,9 +438,6 @@ _embed_sum_op.register_autograd(_embed_sum_backward, setup_context=_embed_sum_se
 
 # ---------------------------------------------------------------------------------------------------
 # Public functions.
-_HAS_TRITON = triton_available()
-
-
 def _check_scalars(t, k):
     for name, v in (("t", t), ("k", k)):
         if not isinstance(v, torch.Tensor) or v.dim() != 1:
@@ -454,10 +451,6 @@ def _check_scalars(t, k):
         raise ValueError(f"k is on {k.device} but t is on {t.device}")
 
 
-def _launchable(device):
-    return _HAS_TRITON and (device.type == "cuda" or (device.type == "cpu" and interpreting()))
-
-
 def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.0):
     """Sinusoidal features of t·t_scale and k·k_scale in one launch: (2, B, dim) float32.
 
@@ -467,7 +460,7 @@ def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.
     _check_scalars(t, k)
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
-    if not _launchable(t.device):
+    if not can_launch(t.device):
         return timestep_features_ref(t, k, dim, t_scale, k_scale, max_period)
     return _timestep_features_op(t.contiguous(), k.contiguous(), dim, float(t_scale), float(k_scale),
                                  float(max_period))
@@ -522,7 +515,7 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     cast = _autocast_dtype(t.device)
     dtype = cast or w_dtype
     dtypes = (w_dtype, dtype, table.dtype)
-    if not (_launchable(t.device) and all(d in KERNEL_DTYPES for d in dtypes)
+    if not (can_launch(t.device) and all(d in KERNEL_DTYPES for d in dtypes)
             and not (interpreting() and torch.bfloat16 in dtypes)):
         return embed_conditioning_ref(t, k, y, t_mlp, k_mlp, table, t_scale, k_scale, max_period)
     c_dtype = torch.promote_types(dtype, table.dtype)
