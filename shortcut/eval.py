@@ -39,8 +39,8 @@ class DigitsClassifier(nn.Module):
 def digits_classifier(seed=0, steps=600):
     """The evaluation classifier: loaded from the cache, or trained (≈ 2 s on 2 cores) and cached."""
     path = os.path.join(cache_dir(), f"digits_classifier_s{seed}_n{steps}.pt")
-    clf = DigitsClassifier()
     if os.path.exists(path):
+        clf = DigitsClassifier()
         clf.load_state_dict(torch.load(path, map_location="cpu"))
         return clf.eval()
     data = load_digits()

@@ -21,13 +21,6 @@ class ShortcutBatch:
     v: torch.Tensor        # (B, ...) velocity target
     num_bootstrap: int
 
-    @property
-    def bootstrap(self):
-        """(B,) bool mask of the bootstrap items."""
-        mask = torch.zeros(self.t.shape[0], dtype=torch.bool, device=self.t.device)
-        mask[: self.num_bootstrap] = True
-        return mask
-
 
 def interpolate(x0, x1, t, sigma_min=1e-5):
     """x_t = (1 - (1 - sigma_min)·t)·x0 + t·x1 with t broadcast over the non-batch dimensions."""

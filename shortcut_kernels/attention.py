@@ -36,7 +36,7 @@ import numbers
 
 import torch
 
-from ._triton import interpreting, triton_available
+from ._triton import can_launch, interpreting, triton_available
 
 # Kernels are compiled for CUDA, or run by Triton's interpreter on CPU; @triton.jit picks the mode when
 # this module is imported (TRITON_INTERPRET read at decoration time), so the answer is fixed here too.
@@ -380,12 +380,10 @@ def _backward(do, q, k, v, o, lse, scale, dq, dk, dv, split=True):
 
 
 def _check_launchable(x, name):
+    if can_launch(x.device):
+        return
     if not _HAS_TRITON:
         raise RuntimeError(f"attention: {name} needs Triton, which is not installed; use attention_ref or SDPA")
-    if x.device.type == "cuda":
-        return
-    if x.device.type == "cpu" and _INTERPRETED:
-        return
     raise RuntimeError(f"attention: {name} is on {x.device}; the Triton kernels run on CUDA tensors, or on CPU "
                        f"through the interpreter (TRITON_INTERPRET=1 set before shortcut_kernels is imported)")
 
