@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import can_launch, triton_available
+from ._triton import can_launch, fallback, triton_available
 
 MAX_D = 16384
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -339,10 +339,16 @@ def _check(x, shift, scale, eps, out_dtype, branch=None, gate=None):
         raise ValueError(f"eps must be > 0, got {eps!r}")
 
 
-def _use_kernel(*tensors):
+def _use_kernel(op, *tensors):
     """Triton can run here and every dtype is one the kernels take (float64, e.g. gradcheck, is left to the
-    reference)."""
-    return can_launch(tensors[0].device) and all(t.dtype in KERNEL_DTYPES for t in tensors)
+    reference). Under `shortcut_kernels.strict()` a fallback raises instead."""
+    if not can_launch(tensors[0].device):
+        fallback(op, f"tensors on {tensors[0].device}; kernels run on CUDA, or on CPU under TRITON_INTERPRET")
+        return False
+    if not all(t.dtype in KERNEL_DTYPES for t in tensors):
+        fallback(op, f"dtypes {sorted({str(t.dtype) for t in tensors})}; the kernel takes float32, float16, bfloat16")
+        return False
+    return True
 
 
 def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):
@@ -352,7 +358,7 @@ def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):
     x, shift and scale. See the module docstring for dtypes and fallbacks.
     """
     _check(x, shift, scale, eps, out_dtype)
-    if not _use_kernel(x, shift, scale):
+    if not _use_kernel("adaln_modulate", x, shift, scale):
         h = adaln_modulate_ref(x, shift, scale, eps)
         return h if out_dtype is None else h.to(out_dtype)
     h, _, _ = _adaln_modulate_fwd(x, shift, scale, float(eps), out_dtype)
@@ -367,7 +373,7 @@ def gated_adaln(x, branch, gate, shift, scale, eps=1e-6, *, out_dtype=None):
     Differentiable in all five tensors.
     """
     _check(x, shift, scale, eps, out_dtype, branch, gate)
-    if not _use_kernel(x, branch, gate, shift, scale):
+    if not _use_kernel("gated_adaln", x, branch, gate, shift, scale):
         x2, h = gated_adaln_ref(x, branch, gate, shift, scale, eps)
         return x2, (h if out_dtype is None else h.to(out_dtype))
     x2, h, _, _ = _gated_adaln_fwd(x, branch, gate, shift, scale, float(eps), out_dtype)

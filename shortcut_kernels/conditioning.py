@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import can_launch, interpreting, triton_available
+from ._triton import can_launch, fallback, interpreting, triton_available
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -461,6 +461,7 @@ def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if not can_launch(t.device):
+        fallback("timestep_features", f"tensors on {t.device}; kernels run on CUDA, or on CPU under TRITON_INTERPRET")
         return timestep_features_ref(t, k, dim, t_scale, k_scale, max_period)
     return _timestep_features_op(t.contiguous(), k.contiguous(), dim, float(t_scale), float(k_scale),
                                  float(max_period))
@@ -515,8 +516,15 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     cast = _autocast_dtype(t.device)
     dtype = cast or w_dtype
     dtypes = (w_dtype, dtype, table.dtype)
-    if not (can_launch(t.device) and all(d in KERNEL_DTYPES for d in dtypes)
-            and not (interpreting() and torch.bfloat16 in dtypes)):
+    reason = None
+    if not can_launch(t.device):
+        reason = f"tensors on {t.device}; kernels run on CUDA, or on CPU under TRITON_INTERPRET"
+    elif not all(d in KERNEL_DTYPES for d in dtypes):
+        reason = f"dtypes {sorted(set(map(str, dtypes)))}; the kernels take float32, float16, bfloat16"
+    elif interpreting() and torch.bfloat16 in dtypes:
+        reason = "bfloat16 under the Triton interpreter, whose bf16 arithmetic is wrong"
+    if reason is not None:
+        fallback("embed_conditioning", reason)
         return embed_conditioning_ref(t, k, y, t_mlp, k_mlp, table, t_scale, k_scale, max_period)
     c_dtype = torch.promote_types(dtype, table.dtype)
     # Weights and the table are read through their strides; the 1-D inputs must be contiguous (no-ops for

@@ -7,10 +7,12 @@ import torch
 
 # Without a GPU, Triton kernels run through the interpreter; the variable must be set before triton is
 # imported anywhere (SPEC §3).
+# Forced, not defaulted: an inherited TRITON_INTERPRET=0 would otherwise turn every kernel test into a test
+# of the reference (and the strict switch into a wall of errors).
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 # Absolute slack added to the relative rule, per dtype: covers elements where the same-dtype PyTorch
 # result happens to be exact (zero error) while the kernel rounds differently.
