@@ -37,3 +37,21 @@ cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture
+def device():
+    """The device every non-`cuda` test runs on: CUDA where there is one (the kernels run natively), else the
+    CPU (the kernels run through the interpreter). Build every tensor of a test on it."""
+    return DEVICE
+
+
+@pytest.fixture
+def strict_kernels():
+    """Run the test under shortcut_kernels.strict(): an op that would quietly run its reference raises."""
+    import shortcut_kernels
+    with shortcut_kernels.strict():
+        yield
