@@ -205,8 +205,8 @@ def test_exact_field_targets_are_the_flow_velocity(objective, step, gen, device)
     """With the exact velocity of a one-point distribution as every network, a teacher's Euler steps stay on
     the straight path and the EMA's x1 prediction is exact, so each target equals z − (1 − σ)·x0."""
     z, x1, y = _oracle_case(64, gen, device)
-    b = baseline_targets(objective, x1, y, teacher=Oracle(z).to(device), ema=Oracle(z).to(device), step=step, total_steps=7,
-                         cfg=ObjectiveConfig(clip=1e6), generator=gen)
+    b = baseline_targets(objective, x1, y, teacher=Oracle(z).to(device), ema=Oracle(z).to(device), step=step,
+                         total_steps=7, cfg=ObjectiveConfig(clip=1e6), generator=gen)
     # fp64 data, but interpolate forms 1 − (1 − σ)t in t's float32 (~6e-8) and the target divides by 1 − t.
     torch.testing.assert_close(b.v, _flow_velocity(b, z), rtol=1e-5, atol=1e-5)
 
