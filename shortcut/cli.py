@@ -141,6 +141,15 @@ def build_parser():
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--progress", type=_bool, default=True, metavar="BOOL")
 
+    co = sub.add_parser("convert-official", help="official JAX checkpoint (kvfrans/shortcut-models) -> a "
+                        "save_pretrained folder; no JAX needed")
+    co.add_argument("path", help="the pickle the official utils/checkpoint.py writes, or the folder holding it")
+    co.add_argument("--out", required=True, help="new folder (save_pretrained format)")
+    co.add_argument("--input-size", type=int, default=32, help="latent side (default 32: 256-px images, SD-VAE)")
+    co.add_argument("--num-heads", type=int, default=None, help="attention heads (default: DiT preset by width)")
+    co.add_argument("--weights", nargs="+", choices=("ema", "live"), default=["ema", "live"],
+                    help="trees to write: ema = params_ema, live = params (default both)")
+
     sa = sub.add_parser("sample", help="write a PNG of samples from a checkpoint")
     sa.add_argument("--ckpt", required=True)
     sa.add_argument("--steps", type=int, nargs="+", default=[1])
@@ -177,9 +186,23 @@ def main(argv=None):
         sample_cmd(args)
     elif args.command == "encode":
         encode_cmd(args)
+    elif args.command == "convert-official":
+        convert_official_cmd(args)
     elif args.command == "export":
         from .pretrained import save_pretrained
         print(save_pretrained(args.ckpt, args.out, weights=args.weights))
+
+
+def convert_official_cmd(args):
+    """`shortcut convert-official`: a bad checkpoint is one line on stderr, exit status 2, nothing written."""
+    from .convert import ConvertError, convert_official
+    try:
+        out = convert_official(args.path, args.out, input_size=args.input_size, num_heads=args.num_heads,
+                               weights=args.weights)
+    except ConvertError as e:
+        print(f"shortcut convert-official: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(out)
 
 
 def _resumed_config(out_dir):
