@@ -67,12 +67,12 @@ STAGES = (
     Stage("correctness", ("check_adaln", "check_conditioning", "check_attention", "check_model"), 90,
           parallel=True, shards=(("check_attention", 4), ("check_model", 2))),
     Stage("pytest", ("pytest",), 90, min_s=20),
-    Stage("perf_adaln", ("perf_adaln",), 60),
+    Stage("perf_adaln", ("perf_adaln",), 75),
     Stage("perf_attention", ("perf_attention",), 45),
     Stage("perf_conditioning", ("perf_conditioning",), 40),
-    Stage("perf_forward", ("perf_forward",), 100, min_s=30),
+    Stage("perf_forward", ("perf_forward",), 120, min_s=30),
     Stage("perf_sampler", ("perf_sampler",), 75, min_s=25),
-    Stage("perf_train", ("perf_train",), 120, min_s=40),
+    Stage("perf_train", ("perf_train",), 150, min_s=40),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BUDGET_S = {"gpu": 400.0, "full": 1800.0, "dry": 110.0}   # 400 s: 7 minutes with 20 s to spare
