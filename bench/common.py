@@ -1,6 +1,8 @@
 """Timing helper shared by the benchmark files: warm-up, GPU-side timing, physics in extra_info.
 
-Every benchmark calls `measure(benchmark, fn, op=, provider=, shape=, device=, ...)`. What it does:
+Every benchmark calls `measure(benchmark, fn, op=, provider=, shape=, device=, ...)`; bench/gpu_check.py uses
+`time_per_call` (back-to-back calls behind a spin kernel: launch latency hidden, per call), `transient_memory`
+and `Records` (JSON lines written as they are made). What `measure` does:
 
 - warm-up: `warmup` calls before anything is timed, so torch.compile, Triton JIT and autotuning stay out
   of the numbers (their wall time is recorded as `warmup_s`);
@@ -22,10 +24,12 @@ read it to pick their shapes.
 """
 import functools
 import importlib.metadata
+import json
 import os
 import statistics
 import subprocess
 import time
+import traceback
 
 import torch
 
@@ -228,3 +232,134 @@ def measure(benchmark, fn, *, op, provider, shape, device, bytes_moved=None, flo
     if flops:
         benchmark.extra_info["tflops"] = flops / median / 1e12
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-call timing with launch overhead hidden (bench/gpu_check.py), and transient memory.
+_SPIN = {}
+
+
+def _spin_rate(device):
+    """Cycles per second of torch.cuda._sleep on `device` (its SM clock), measured once; None without _sleep."""
+    if device not in _SPIN:
+        sleep = getattr(torch.cuda, "_sleep", None)
+        rate = None
+        if sleep is not None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            sleep(1000)   # load the kernel before timing it
+            cycles = 10_000_000   # ~5 ms at an H100's 1.98 GHz
+            start.record()
+            sleep(cycles)
+            end.record()
+            end.synchronize()
+            rate = cycles / max(start.elapsed_time(end) / 1e3, 1e-6)
+        _SPIN[device] = rate
+    return _SPIN[device]
+
+
+def time_per_call(fns, device, *, reps=None, warmup=2, round_s=0.02, total_s=0.3, max_inner=20, latency=False):
+    """Seconds per call of the callables `fns`, called in turn (one per input set, so that back-to-back calls do
+    not find their inputs in L2). Returns a dict: per_call_s (median over rounds), min_s, reps, inner,
+    host_per_call_s, warmup_s, timer.
+
+    CUDA, default: each round enqueues `inner` back-to-back calls behind a spin kernel (torch.cuda._sleep)
+    that lasts longer than the host needs to enqueue them, between two events: the GPU then runs the calls
+    without waiting for the host, and the events time its work alone (launch overhead hidden; `inner` is
+    sized so a round lasts ~round_s, at most max_inner calls: CUDA's launch queue holds about a thousand
+    kernels and an eager backward is ~25 of them; a fuller queue would block the host during the spin).
+    host_per_call_s is the host's enqueue time per call; when it is not below the GPU time, the op
+    would be launch-bound in real use without a CUDA graph (reported as launch_bound).
+    latency=True: each round is one call timed to completion on the host clock (synchronize before and
+    after): what a caller waits for, launch overhead included (samplers).
+    CPU: wall clock per call (the dry run; the numbers mean nothing).
+    """
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    fns = list(fns)
+    t0 = time.perf_counter()
+    for i in range(max(warmup, 1) * len(fns) if warmup else 0):   # compile, autotune, graph capture
+        fns[i % len(fns)]()
+    sync(dev)
+    warmup_s = time.perf_counter() - t0
+    if latency or not cuda:
+        reps = reps or (30 if cuda else 3)
+        times = []
+        for i in range(reps):
+            sync(dev)
+            t = time.perf_counter()
+            fns[i % len(fns)]()
+            sync(dev)
+            times.append(time.perf_counter() - t)
+        return {"per_call_s": statistics.median(times), "min_s": min(times), "reps": reps, "inner": 1,
+                "warmup_s": warmup_s, "timer": "wall_to_completion" if cuda else "perf_counter"}
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    # Calibration: one pass over the input sets, host enqueue time and GPU time.
+    torch.cuda.synchronize(dev)
+    start.record()
+    h = time.perf_counter()
+    for fn in fns:
+        fn()
+    host = (time.perf_counter() - h) / len(fns)
+    end.record()
+    end.synchronize()
+    gpu = max(start.elapsed_time(end) / 1e3 / len(fns), 1e-7)
+    inner = int(min(max_inner, max(1, round(round_s / gpu))))
+    reps = reps or int(min(30, max(3, total_s / (inner * max(gpu, host)))))
+    rate = _spin_rate(dev)
+    times, hosts = [], []
+    for _ in range(reps):
+        if rate:
+            # Long enough for the host to enqueue every call (1.5× the calibrated time + 50 µs), at most 0.2 s.
+            torch.cuda._sleep(int(rate * min(0.2, 1.5 * host * inner + 5e-5)))
+        start.record()
+        h = time.perf_counter()
+        for i in range(inner):
+            fns[i % len(fns)]()
+        hosts.append((time.perf_counter() - h) / inner)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / inner)
+    per_call, host_per_call = statistics.median(times), statistics.median(hosts)
+    return {"per_call_s": per_call, "min_s": min(times), "reps": reps, "inner": inner, "warmup_s": warmup_s,
+            "host_per_call_s": host_per_call, "launch_bound": host_per_call >= per_call,
+            "timer": "cuda_events_behind_spin" if rate else "cuda_events_back_to_back"}
+
+
+def transient_memory(fn, device):
+    """Peak CUDA memory allocated during one fn() beyond what was allocated before it (activations, gradients,
+    workspaces), in GB, with the resident and peak figures; {} on CPU. The peak counter is reset right before
+    the call, so earlier calls (warm-up, compiles) do not count."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return {}
+    torch.cuda.synchronize(dev)
+    resident = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    fn()
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev)
+    return {"resident_mem_gb": resident / 1e9, "peak_mem_gb": peak / 1e9, "transient_mem_gb": (peak - resident) / 1e9}
+
+
+class Records:
+    """JSON lines appended to `path` as they are made (flushed each time), so a stage that is killed at its
+    time limit leaves every finished record behind. path None: kept in memory only (`items`)."""
+
+    def __init__(self, path=None, **common):
+        self.path, self.common, self.items = path, common, []
+
+    def add(self, kind, **fields):
+        record = {"kind": kind, **self.common, **fields}
+        self.items.append(record)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+        return record
+
+    def error(self, kind, exc, **fields):
+        """Record an exception as one line: type, message's first line, and the innermost frame."""
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" ({os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+        text = (str(exc).strip().splitlines() or [""])[0][:400]
+        return self.add(kind, error=f"{type(exc).__name__}: {text}{where}", **fields)

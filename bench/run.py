@@ -1,6 +1,10 @@
-"""One command for the whole GPU suite: measured peaks, `pytest bench/`, then the report.
+"""One command for the whole pytest-benchmark suite: measured peaks, `pytest bench/`, then the report.
 
-    python bench/run.py --out bench/results            # default mode, sized for one 10-minute call on an H100
+For one short GPU call use bench/gpu_check.py (correctness first, the SPEC §6 rows, a scorecard); this suite
+is for wider tables and takes longer than its --deadline-s in default mode (the review estimated 25-35 min of
+work), so --deadline-s cuts it.
+
+    python bench/run.py --out bench/results            # default mode, stopped at --deadline-s (540 s)
     python bench/run.py --quick --out bench/results    # fewer shapes, fewer compiles
     python -m bench.run --full --deadline-s 3000       # every shape and compile variant: budget ~30+ min
 

@@ -3,14 +3,17 @@
     pytest bench/test_bench_sampler.py --benchmark-json=sampler.json   # CUDA: DiT-B/2, DiT-XL/2
     pytest bench/ --benchmark-disable                                  # CPU: tiny model, a smoke run
 
-CUDA providers (DiT-B/2 and DiT-XL/2 at 256 px latents: 32×32×4, 1000 classes, random bf16 weights,
-kernels="auto" i.e. the fused Triton path; batch 1 and 64; 1 and 4 steps; no CFG):
-  eager            shortcut.sample(model, ...)
-  compile-ro       shortcut.sample(torch.compile(model, mode="reduce-overhead"), ...): the baseline that
-                   lets Inductor capture CUDA graphs itself, one forward at a time
+CUDA providers (DiT-B/2 and DiT-XL/2 at 256 px latents: 32×32×4, 1000 classes, random bf16 weights;
+batch 1 and 64; 1 and 4 steps; no CFG). The baselines run the reference model (kernels="torch", SDPA
+attention), ours the fused one (kernels="auto": Triton on CUDA), same weights:
+  eager            shortcut.sample(reference, ...)
+  compile-ro       shortcut.sample(torch.compile(reference, mode="reduce-overhead", dynamic=False), ...): the
+                   baseline that lets Inductor capture CUDA graphs itself, one forward at a time
   graph            GraphSampler with the conditioning cache (the whole loop is one graph)
   graph-nocache    GraphSampler without it: what the cache saves
   graph-compiled   GraphSampler over torch.compile(model) (default mode): the two together
+Labels live on the device and every provider pays the same label check (`check_labels`, two device
+reads): `sample` runs it inside, the GraphSampler rows call it before `gs(noise, y)`.
 Every call is timed to completion (inner=1: copy in, replay, clone out, synchronise), so median_s is
 the latency a caller waits for one batch; images_per_s = batch / median_s. bytes_moved counts the weights
 a provider must read per call (the cached providers skip the embedders and adaLN projections: a third
@@ -30,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from common import measure
 from shortcut import GraphSampler, ModelConfig, ShortcutDiT, sample
 from shortcut.graph import ConditioningCache, sample_cached
+from shortcut.sampler import check_labels
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -50,18 +54,24 @@ _models = {}
 
 
 def _model(preset, variant):
-    """One model per (preset, variant): plain, or wrapped by torch.compile in a given mode."""
+    """One model per (preset, variant): the fused model ("plain", or compiled in "default" mode), or the
+    reference model with the same weights ("reference", or compiled in "reduce-overhead" mode)."""
     key = (preset, variant)
     if key not in _models:
-        if CUDA:
-            cfg = ModelConfig.preset(preset, input_size=32, in_channels=4, num_classes=1000)
+        if variant in ("reference", "reduce-overhead"):
+            fused = _model(preset, "plain")
+            model = ShortcutDiT(fused.cfg, kernels="torch", attention="sdpa").to(DEVICE, DTYPE).eval()
+            model.load_state_dict(fused.state_dict())
         else:
-            cfg = ModelConfig.preset(preset, input_size=8, in_channels=4, num_classes=10)
-        model = ShortcutDiT(cfg).to(DEVICE, DTYPE).eval()
+            if CUDA:
+                cfg = ModelConfig.preset(preset, input_size=32, in_channels=4, num_classes=1000)
+            else:
+                cfg = ModelConfig.preset(preset, input_size=8, in_channels=4, num_classes=10)
+            model = ShortcutDiT(cfg).to(DEVICE, DTYPE).eval()
         if variant == "reduce-overhead":
-            model = torch.compile(model, mode="reduce-overhead")
+            model = torch.compile(model, mode="reduce-overhead", dynamic=False)
         elif variant == "default":
-            model = torch.compile(model)
+            model = torch.compile(model, dynamic=False)
         _models[key] = model
     return _models[key]
 
@@ -97,7 +107,7 @@ class _CountOps(TorchDispatchMode):
 @pytest.mark.parametrize("B", BATCHES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_sampler(benchmark, preset, B, steps, provider):
-    variant = {"compile-ro": "reduce-overhead", "graph-compiled": "default"}.get(provider, "plain")
+    variant = {"eager": "reference", "compile-ro": "reduce-overhead", "graph-compiled": "default"}.get(provider, "plain")
     model = _model(preset, variant)
     net = getattr(model, "_orig_mod", model)
     cfg = net.cfg
@@ -119,6 +129,7 @@ def test_sampler(benchmark, preset, B, steps, provider):
         assert gs.graphed and (gs.cond_cache is not None) == (provider == "graph")
 
         def fn():
+            check_labels(net, y, B, noise.device)   # what sample() pays inside
             return gs(noise, y)
 
     extra = dict(preset=preset, steps=steps, batch=B, dtype=str(DTYPE).removeprefix("torch."),
