@@ -28,7 +28,7 @@ import torch
 from . import distributed as D
 from .config import ModelConfig, TrainConfig
 from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
-from .model import ShortcutDiT, ShortcutMLP
+from .model import ShortcutDiT, ShortcutMLP, architecture, model_from_architecture
 from .objective import shortcut_loss, shortcut_targets
 from .profiling import nvtx_range
 from .sampler import sample
@@ -67,22 +67,28 @@ def data_shape(info):
 def build_model(cfg: TrainConfig, dataset):
     """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data.
 
-    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store).
+    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store). Flow-matching
+    runs ignore k (official ignore_dt) unless model_overrides say otherwise; `model.guidance` records what
+    the objective teaches about guidance (ObjectiveConfig.guidance).
     """
     dataset = data_shape(dataset)
     preset = cfg.preset
     if preset == "auto":
         preset = "digits" if dataset.is_image else "mlp"
+    overrides = {"ignore_k": cfg.objective.objective == "flow", **cfg.model_overrides}
     if not dataset.is_image:
         if preset != "mlp":
             raise ValueError(f"2-D data trains the 'mlp' model, got preset {cfg.preset!r}")
-        return ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **cfg.model_overrides)
-    if preset == "mlp":
+        model = ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
+    elif preset == "mlp":
         raise ValueError("preset 'mlp' is for 2-D data; image data needs a DiT preset")
-    c, h, _ = dataset.shape
-    mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
-                              num_classes=dataset.num_classes, **cfg.model_overrides)
-    return ShortcutDiT(mcfg, kernels=cfg.kernels)
+    else:
+        c, h, _ = dataset.shape
+        mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
+                                  num_classes=dataset.num_classes, **overrides)
+        model = ShortcutDiT(mcfg, kernels=cfg.kernels)
+    model.guidance = cfg.objective.guidance(dataset.num_classes)
+    return model
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -97,9 +103,22 @@ def model_from_checkpoint(ckpt, use_ema=True, kernels="auto", map_location="cpu"
         ckpt = load_checkpoint(ckpt, map_location)
     cfg = TrainConfig.from_dict(ckpt["config"])
     cfg.kernels = kernels
-    model = build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
+    model = checkpoint_model(ckpt, kernels)
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     return model.eval(), cfg
+
+
+def checkpoint_model(ckpt, kernels="auto"):
+    """The network a loaded checkpoint describes (fresh weights), with its guidance record."""
+    if "architecture" in ckpt:   # the network as trained, whatever build_model's defaults have become
+        model = model_from_architecture(ckpt["architecture"], kernels)
+        model.guidance = ckpt.get("guidance")
+        return model
+    # Older checkpoints: rebuilt from the config; k was never ignored then.
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg.kernels = kernels
+    cfg.model_overrides = {"ignore_k": False, **cfg.model_overrides}
+    return build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
 
 
 def checkpoint_data_info(ckpt):
@@ -261,6 +280,7 @@ def _train(cfg, env):
         weights = _full_state(model, raw, ema, opt, fsdp, shadow)
         if env.is_main:
             save_atomic({**weights, "step": step, "config": cfg.to_dict(), "data_info": data_info,
+                         "architecture": architecture(raw), "guidance": raw.guidance,
                          "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
                          "rng": {"generator": states[0], "generators": states, "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
