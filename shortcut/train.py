@@ -6,14 +6,13 @@ atomic checkpoints and exact resume — on one process or many (torchrun + DDP, 
 
 How the work is split (see shortcut/distributed.py): the global batch `batch_size` is cut into
 world_size × grad_accum equal shards, each with its own generator; the bootstrap items of the global batch
-(int(batch_size · bootstrap_fraction), as on one process) are dealt out over the shards. Gradients are the
-mean over all items; metrics are reduced over ranks (item-weighted); rank 0 alone writes metrics,
+(int(batch_size · bootstrap_fraction), as on one process) and their levels are dealt out over the shards.
+Gradients are the mean over all items; metrics are reduced over ranks (item-weighted); rank 0 alone writes metrics,
 checkpoints and grids. A checkpoint holds full (unsharded) weights and every shard's generator state, so
 it resumes on any world size, exactly when world_size × grad_accum is unchanged.
 """
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import sys
@@ -186,20 +185,6 @@ def data_options(cfg):
     return {"image_size": cfg.image_size, "random_flip": cfg.random_flip}
 
 
-def _shard_objective(obj, b, nb):
-    """The ObjectiveConfig that makes shortcut_targets put exactly nb of its b items in the bootstrap part.
-
-    shortcut_targets takes int(b · bootstrap_fraction) items; (nb + ½)/b lands on nb without rounding risk.
-    On one process nb == int(b · fraction) and the config passes through untouched (identical runs).
-    """
-    if obj.objective != "shortcut" or int(b * obj.bootstrap_fraction) == nb:
-        return obj
-    if nb >= b:
-        raise ValueError(f"a shard of {b} items would hold {nb} bootstrap items and no flow item: raise "
-                         f"batch_size or lower world_size × grad_accum")
-    return dataclasses.replace(obj, bootstrap_fraction=(nb + 0.5) / b)
-
-
 class _Batches:
     """This rank's micro-batches: sampled datasets draw from the shard's generator (as one process always
     did); indexed datasets (image folders, latents) come from a DataLoader over StreamSampler."""
@@ -297,19 +282,22 @@ def _train(cfg, env):
     log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
     with log:
         for step in range(start + 1, cfg.steps + 1):
-            nb = D.bootstrap_counts(cfg.batch_size, cfg.objective.bootstrap_fraction, S, step)
+            # Shards: the global batch's bootstrap levels, dealt out. One process: shortcut_targets draws
+            # them itself, exactly as the objective API does in a user's own loop.
+            levels = (D.deal_levels(cfg.batch_size, cfg.objective, S, step, cfg.seed)
+                      if cfg.objective.objective == "shortcut" and S > 1 else None)
             sums = []   # per micro-batch: items, loss·n, flow loss·n, flow n, bootstrap loss·n, bootstrap n
             opt.zero_grad(set_to_none=True)
             for a, j in enumerate(shards):
                 with nvtx_range("data"):
                     x1, y = batches.next(gens[a])
                     x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                obj = _shard_objective(cfg.objective, x1.shape[0], nb[j])
                 last = a == A - 1
                 with _grad_sync(model, env, fsdp, last):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         with nvtx_range("forward"):
-                            batch = shortcut_targets(target_net, x1, y, obj, generator=gens[a])
+                            batch = shortcut_targets(target_net, x1, y, cfg.objective, generator=gens[a],
+                                                     levels=levels[j] if levels is not None else None)
                             loss, parts = shortcut_loss(model, batch)
                     _check_finite(loss, step, ckpt_path, cfg, env, bar)
                     with nvtx_range("backward"):
