@@ -98,3 +98,6 @@ def test_cli_sample_and_eval_take_any_count(tmp_path, capsys):
     assert png.exists()
     main(["eval", "--ckpt", str(out / CHECKPOINT), "--steps", "3", "--per-class", "2"])
     assert "\n| 3 | " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--ckpt", str(out / CHECKPOINT), "--steps", "200", "--out", str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "steps must be an int in 1 … 128" in capsys.readouterr().err
