@@ -2,10 +2,11 @@
 from .config import PRESETS, TRAIN_PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
 from .model import ShortcutDiT, ShortcutMLP
 from .objective import ShortcutBatch, shortcut_loss, shortcut_targets
-from .sampler import GraphSampler, sample
+from .graph import GraphSampler
+from .sampler import sample, step_schedule
 from .pretrained import from_pretrained, save_pretrained
 from .train import train
 
 __all__ = ["PRESETS", "ModelConfig", "ObjectiveConfig", "TrainConfig", "ShortcutDiT", "ShortcutMLP",
-           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "GraphSampler", "train",
+           "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "step_schedule", "GraphSampler", "train",
            "TRAIN_PRESETS", "save_pretrained", "from_pretrained"]

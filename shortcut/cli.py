@@ -85,6 +85,22 @@ def config_from_args(args, base=None):
                                model_overrides=overrides, **top)
 
 
+CFG_HELP = ("guidance weight w; default: where the official code applies it (models trained with bootstrap_cfg: "
+            "their scale at 128 steps, w = 1 below; others: w = 1)")
+FORCE_CFG_HELP = "allow --cfg-scale at step counts whose levels never trained the null label"
+
+
+def check_guidance(model, steps, cfg_scale, force_cfg, command):
+    """Refuse an explicit --cfg-scale the model was never trained for before any sampling: one line, exit 2."""
+    from .sampler import guidance_scales, schedule_for
+    try:
+        for s in steps:
+            guidance_scales(model, schedule_for(model, s), cfg_scale, force_cfg)
+    except ValueError as e:
+        print(f"shortcut {command}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="shortcut", description="Shortcut models: one-step diffusion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,7 +151,8 @@ def build_parser():
     ev.add_argument("--fid-ref-n", type=int, default=None, help="reference images used (default: all)")
     ev.add_argument("--image-size", type=int, default=0, help="reference folder: center-crop + resize side")
     ev.add_argument("--batch-size", type=int, default=100)
-    ev.add_argument("--cfg-scale", type=float, default=1.0, help="guidance weight (paper, ImageNet: 1.5)")
+    ev.add_argument("--cfg-scale", type=float, default=None, help=CFG_HELP)
+    ev.add_argument("--force-cfg", action="store_true", help=FORCE_CFG_HELP)
     ev.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05-6726825d.pth")
     ev.add_argument("--num-workers", type=int, default=4)
     ev.add_argument("--seed", type=int, default=0)
@@ -154,7 +171,8 @@ def build_parser():
     sa.add_argument("--ckpt", required=True)
     sa.add_argument("--steps", type=int, nargs="+", default=[1])
     sa.add_argument("--n", type=int, default=10, help="samples per row")
-    sa.add_argument("--cfg-scale", type=float, default=1.0)
+    sa.add_argument("--cfg-scale", type=float, default=None, help=CFG_HELP)
+    sa.add_argument("--force-cfg", action="store_true", help=FORCE_CFG_HELP)
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--out", default="samples.png")
     sa.add_argument("--graph", action="store_true", help="CUDA-graph sampler (falls back to eager on CPU)")
@@ -260,15 +278,18 @@ def fid_cmd(args):
     if not args.fid_ref:
         raise SystemExit("--fid needs --fid-ref: an .npz with mu/sigma, or the image folder to compute it from")
     device = resolve_device(args.device)
-    try:
-        features = inception_features(device, args.inception_weights)
-    except (RuntimeError, FileNotFoundError) as e:
-        raise SystemExit(f"--fid: {e}")
     results = {}
     ref = None
     for ckpt in args.ckpt:
         model, info, decode = load_for_sampling(ckpt, device, live=args.live)
+        check_guidance(model, args.steps, args.cfg_scale, args.force_cfg, "eval")
+        if args.force_cfg and args.cfg_scale is not None:
+            model.guidance = None   # fid.py samples through the plain API: no record, every explicit w is allowed
         if ref is None:
+            try:
+                features = inception_features(device, args.inception_weights)
+            except (RuntimeError, FileNotFoundError) as e:
+                raise SystemExit(f"--fid: {e}")
             ref = reference_stats(args.fid_ref, features, image_size=args.image_size, n=args.fid_ref_n,
                                   batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
                                   save=args.fid_ref_out)
@@ -307,6 +328,7 @@ def sample_cmd(args):
     from .train import resolve_device
     device = resolve_device(args.device)
     model, info, decode = load_for_sampling(args.ckpt, device)
+    check_guidance(model, args.steps, args.cfg_scale, args.force_cfg, "sample")
     shape, num_classes = tuple(info["shape"]), info["num_classes"]
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *shape, generator=g).to(device)
@@ -316,12 +338,12 @@ def sample_cmd(args):
     rows = []
     for s in args.steps:
         if args.graph and device.type == "cuda":
-            from .sampler import GraphSampler
-            # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path: cast the noise.
-            gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale)
-            x = gs(noise.to(gs.dtype), y)
+            from .graph import GraphSampler
+            # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path; it casts the noise.
+            gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
+            x = gs(noise, y)
         else:
-            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale)
+            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
         rows.append((decode(x) if decode else x).float().cpu())
     img = grid_image(rows) if len(shape) == 3 else scatter_image(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

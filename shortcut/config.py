@@ -23,7 +23,9 @@ class ModelConfig:
     Defaults follow DiT (Peebles & Xie): attention scale 1/√head_dim, adaLN-Zero, t fed to the sinusoids
     as 1000·t. They are the better-studied choices for a DiT backbone and what pretrained-DiT users
     expect. `ModelConfig.preset(..., official=True)` reproduces the official shortcut-models network:
-    q scaled by 1/head_dim, xavier-initialised adaLN, raw t ∈ [0, 1] into the sinusoids.
+    q scaled by 1/head_dim, xavier-initialised adaLN, raw t ∈ [0, 1] into the sinusoids, q/k/v initialised
+    as three separate Dense layers. `ignore_k=True` zeroes the step input (official `ignore_dt`): the
+    flow-matching baseline, trained at one level only, must not see the levels it never trained on.
     """
     input_size: int = 32          # latent / image side (H = W)
     in_channels: int = 4
@@ -38,6 +40,8 @@ class ModelConfig:
     adaln_init: str = "zero"      # "zero": adaLN-Zero (DiT); "xavier": official
     t_scale: float = 1000.0       # sinusoids see t·t_scale; official 1.0, DiT 1000 (t in DDPM steps)
     eps: float = 1e-6             # LayerNorm epsilon (no affine), both DiT and official
+    qkv_init: str = "fused"       # "fused": one xavier over the (3D, D) qkv weight (DiT); "separate": official
+    ignore_k: bool = False        # replace the step level k by 0 everywhere (flow matching; official ignore_dt)
 
     def __post_init__(self):
         for name in ("input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim"):
@@ -56,6 +60,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.attn_scale must be 'sqrt' or 'head_dim', got {self.attn_scale!r}")
         if self.adaln_init not in ("zero", "xavier"):
             raise ValueError(f"ModelConfig.adaln_init must be 'zero' or 'xavier', got {self.adaln_init!r}")
+        if self.qkv_init not in ("fused", "separate"):
+            raise ValueError(f"ModelConfig.qkv_init must be 'fused' or 'separate', got {self.qkv_init!r}")
+        if not isinstance(self.ignore_k, bool):
+            raise ValueError(f"ModelConfig.ignore_k must be True or False, got {self.ignore_k!r}")
 
     @property
     def head_dim(self):
@@ -81,7 +89,7 @@ class ModelConfig:
         if base == "digits":
             kw.update(input_size=8, in_channels=1, num_classes=10)
         if official:
-            kw.update(attn_scale="head_dim", adaln_init="xavier", t_scale=1.0)
+            kw.update(attn_scale="head_dim", adaln_init="xavier", t_scale=1.0, qkv_init="separate")
         kw.update(overrides)
         return cls(**kw)
 
@@ -118,6 +126,26 @@ class ObjectiveConfig:
     def max_level(self):
         """log2 M: the level of the finest step (flow items are conditioned on it)."""
         return int(math.log2(self.denoise_timesteps))
+
+    def guidance(self, num_classes):
+        """What a model trained with this objective knows about classifier-free guidance, as a plain dict
+        (stored in checkpoints and save_pretrained folders; `shortcut.sample` reads it):
+
+        distilled: bootstrap targets were guided (`bootstrap_cfg`), so levels < max_level already include
+            guidance with weight `scale` (None when not distilled).
+        null_levels: the step levels at which the null label was trained, None for every level. Only flow
+            items drop labels (bootstrap items keep their true labels, official too), so a class-conditional
+            shortcut model knows its null label at max_level alone; flow matching ignores k (every level);
+            an unconditional model has only the null label.
+        """
+        conditional = num_classes > 0
+        distilled = self.objective == "shortcut" and self.bootstrap_cfg and conditional
+        if not conditional or self.objective == "flow":
+            null_levels = None if self.class_dropout_prob > 0 or not conditional else []
+        else:
+            null_levels = [self.max_level] if self.class_dropout_prob > 0 else []
+        return {"distilled": bool(distilled), "scale": float(self.bootstrap_cfg_scale) if distilled else None,
+                "null_levels": null_levels}
 
 
 @dataclass

@@ -96,6 +96,40 @@ def bootstrap_counts(batch_size, fraction, num_shards, step):
     return [base + (1 if (j - step) % num_shards < extra else 0) for j in range(num_shards)]
 
 
+def level_generator(seed, step):
+    """The generator of step `step`'s random bootstrap levels: a function of (seed, step) alone, so every rank
+    draws the same levels without communication and a resumed run draws what the uninterrupted one did."""
+    entropy = np.random.SeedSequence([seed, step], spawn_key=(LEVEL_STREAM,)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy >> np.uint64(1)))
+
+
+LEVEL_STREAM = 1   # spawn key of the level generators (shard seeds use none)
+
+
+def deal_levels(batch_size, objective, num_shards, step, seed):
+    """The step levels of every shard's bootstrap items: the global batch's levels, dealt out.
+
+    The global batch has n = int(batch_size · bootstrap_fraction) bootstrap items with the levels one
+    process gives them (objective.bootstrap_levels over levels 0 .. log2 M − 1: the official spread, finest
+    first, leftovers at level 0; with n below the number of levels, n distinct levels drawn by
+    `level_generator(seed, step)`). Global item i goes to shard (i + step) mod num_shards, so shard j holds
+    bootstrap_counts(...)[j] items, and the finest-level items (guided under bootstrap_cfg) spread over the
+    shards. So W ranks × A micro-batches train exactly the levels of one process at the same global batch
+    (in the random branch: n distinct levels, drawn from the same distribution as one process draws them).
+    Returns num_shards int64 CPU tensors.
+    """
+    from .objective import bootstrap_levels
+    n, S = int(batch_size * objective.bootstrap_fraction), num_shards
+    g = level_generator(seed, step) if n < objective.max_level else None
+    levels = bootstrap_levels(n, objective.max_level, g, "cpu")
+    dealt = [levels[(j - step) % S::S] for j in range(S)]
+    b = batch_size // S
+    if any(len(d) >= b for d in dealt):
+        raise ValueError(f"a shard of {b} items would hold {max(len(d) for d in dealt)} bootstrap items and no "
+                         f"flow item: raise batch_size or lower world_size × grad_accum")
+    return dealt
+
+
 def all_reduce_sum(t, env):
     if env.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

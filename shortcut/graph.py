@@ -9,9 +9,9 @@ cost milliseconds of host time, while the GPU work is ~0.1 ms (262 MB of bf16 we
     gs = GraphSampler(model, batch_size=16, steps=4, cfg_scale=1.5, seeded=True)
     x1 = gs(seed=0, y=y)                                    # noise drawn inside the graph
 
-Conditioning cache. With `steps` fixed, step i sees t = i/steps and k = log2(steps) for every sample, so
-c and every block's adaLN vectors depend only on (i, y). `ConditioningCache` computes them once for
-every label (or a subset) into one table; the sampler gathers its rows once per call and skips the
+Conditioning cache. With `steps` fixed, step i sees the same (t_i, k_i) of `step_schedule` for every
+sample, so c and every block's adaLN vectors depend only on (i, y). `ConditioningCache` computes them once
+for every label (or a subset) into one table; the sampler gathers its rows once per call and skips the
 embedders and the adaLN projections at every step. Those projections are a third of a DiT's weights
 (6D² of each block's 18D²: 87 of DiT-B/2's 262 MB in bf16), which every step must read from memory
 whatever the batch. Launches (TorchDispatchMode on CPU, DiT-B/2, batch 1, kernels="torch"): 261 aten
@@ -26,7 +26,9 @@ steps, EMA) are seen by the next replay; the conditioning table is recomputed wh
 version counter moved. The per-call check (pointers and versions of DiT-B/2's 136 tensors) took ~12 µs
 on a busy 2-core CPU. Weights that were *replaced* (`model.to(...)`, `.half()`, `param.data = ...`,
 `load_state_dict(assign=True)`) raise an error on the next call: `gs.refresh()` captures again.
-`check_weights=False` skips the check; call `refresh()` yourself after changing the weights.
+Writes through `param.data` (`p.data.copy_(w)`, `p.data.mul_(s)`) bypass the version counter and go
+unseen by the table: call `gs.refresh()` after them. `check_weights=False` skips the check; call
+`refresh()` yourself after changing the weights.
 
 RNG (`seeded=True`). Noise is a pure function of (seed, element index): a counter-based integer hash
 (lowbias32) turned into normals by Box-Muller, see `seeded_noise`. No generator state is read or
@@ -35,11 +37,12 @@ the last-bit rounding of log/cos), the same seed always gives the same images, a
 of a batch do not depend on the batch size.
 
 Captured loops live in a small per-model cache (`MAX_GRAPHS` entries, least recently used dropped)
-keyed by batch size, steps, CFG scale, dtype and options, all sharing one memory pool: building a
-GraphSampler twice with the same arguments captures once. Sharing is safe in any replay order: static
-inputs are allocated outside the pool, and each replay's output is cloned before another graph can run,
-so a graph never needs pool memory to survive someone else's replay. Not thread-safe (one stream).
-On a CPU model nothing is captured: the same static-buffer loop runs eagerly (`gs.graphed` is False).
+keyed by batch size, steps, per-step CFG scales, dtype, kernels / attention backend and options, all
+sharing one memory pool: building a GraphSampler twice with the same arguments captures once. Sharing
+is safe in any replay order: static inputs are allocated outside the pool, and each replay's output is
+cloned before another graph can run, so a graph never needs pool memory to survive someone else's
+replay. Not thread-safe (one stream). On a CPU model nothing is captured: the same static-buffer loop
+runs eagerly (`gs.graphed` is False).
 """
 import collections
 import contextlib
@@ -51,7 +54,7 @@ import weakref
 import torch
 
 from .profiling import nvtx_range
-from .sampler import check_labels, check_steps, guided_velocity
+from .sampler import check_cfg_scale, check_labels, check_steps, guidance_scales, guided_velocity, schedule_for
 
 MAX_GRAPHS = 8                    # captured loops kept per model
 COND_CACHE_AUTO_BYTES = 1 << 30   # cond_cache="auto" builds tables up to this size
@@ -155,10 +158,11 @@ def _check_label_subset(labels, null):
 class ConditioningCache:
     """Every adaLN vector a `steps`-step sampler needs, per label: `table` (labels + 1, steps, M).
 
-    Row r, step i holds cat(net.modulations(net.embed(t_i, k, label_r))) with t_i = i/steps and
-    k = log2(steps); M = sum of the modulation widths ((6·depth + 2)·D for a ShortcutDiT). The extra last
-    row is NaN: labels outside `labels` or outside [0, num_classes] gather it, so a bad label on the GPU
-    yields a NaN image instead of a device-side assert that would end the CUDA context.
+    Row r, step i holds cat(net.modulations(net.embed(t_i, k_i, label_r))) with (t_i, d_i, k_i) the i-th
+    step of `schedule_for(net, steps)`; M = sum of the modulation widths ((6·depth + 2)·D for a
+    ShortcutDiT). The extra last row is NaN: labels outside `labels` or outside [0, num_classes] gather
+    it, so a bad label on the GPU yields a NaN image instead of a device-side assert that would end the
+    CUDA context.
     Build it under the autocast a sampler runs in; call `refresh(net)` after the weights change.
     """
 
@@ -166,7 +170,7 @@ class ConditioningCache:
         if not _supports_cache(net):
             raise TypeError(f"{type(net).__name__} has no embed / modulations / forward_with_modulations: "
                             "the conditioning cache needs a ShortcutDiT")
-        self.steps, self.level = steps, check_steps(steps)
+        self.steps, self.schedule = check_steps(steps), schedule_for(net, steps)
         null = net.null_label
         device = _first_param(net).device
         self.dtype = dtype                   # autocast dtype the table is computed under (None: none)
@@ -184,14 +188,14 @@ class ConditioningCache:
     @torch.no_grad()
     def refresh(self, net):
         """(Re)compute the table in place: a captured graph holding it sees the new values."""
-        n, d = len(self.labels), 1.0 / self.steps
+        n = len(self.labels)
         device = self.labels.device
         param_dtype = _first_param(net).dtype
         ctx = _autocast(device, self.dtype, param_dtype) if self.dtype is not None else contextlib.nullcontext()
-        k = torch.full((n,), self.level, dtype=torch.long, device=device)
         with ctx:
-            for i in range(self.steps):
-                t = torch.full((n,), i * d, dtype=torch.float32, device=device)    # as shortcut.sample
+            for i, (t_i, _, k_i) in enumerate(self.schedule):
+                t = torch.full((n,), t_i, dtype=torch.float32, device=device)      # as shortcut.sample
+                k = torch.full((n,), k_i, dtype=torch.long, device=device)
                 mods = net.modulations(net.embed(t, k, self.labels))                # depth × (n, 6D), (n, 2D)
                 if self.table is None:
                     self.sizes = [m.shape[1] for m in mods]
@@ -215,38 +219,37 @@ class ConditioningCache:
         return list(flat.split(self.sizes, dim=1))
 
 
-def _euler_eager(model, x, y, k, ts, cfg_scale, null):
+def _euler_eager(model, x, y, ks, ts, ds, scales, null):
     """shortcut.sample's loop with precomputed t and k tensors (no allocation of inputs, no checks)."""
-    d = 1.0 / len(ts)
-    for t in ts:
-        x = x + d * guided_velocity(model, x, t, k, y, cfg_scale, null).to(x.dtype)
+    for t, k, d, w in zip(ts, ks, ds, scales):
+        x = x + d * guided_velocity(model, x, t, k, y, w, null).to(x.dtype)
     return x
 
 
-def _euler_cached(net, x, mods_all, cache, cfg_scale):
-    """The same loop through precomputed adaLN vectors. mods_all (B', steps, M) with B' = 2B under CFG
-    (conditional rows first, then null rows), as guided_velocity's concatenated batch."""
-    steps = mods_all.shape[1]
-    d = 1.0 / steps
-    for i in range(steps):
-        mods = cache.split(mods_all[:, i])                                    # depth × (B', 6D), (B', 2D)
-        if cfg_scale == 1.0:
-            v = net.forward_with_modulations(x, mods)
+def _euler_cached(net, x, mods_all, cache, ds, scales):
+    """The same loop through precomputed adaLN vectors. mods_all (B', steps, M) with B' = 2B when any step
+    is guided (conditional rows first, then null rows, as guided_velocity's concatenated batch)."""
+    B = x.shape[0]
+    for i, (d, w) in enumerate(zip(ds, scales)):
+        if w == 1.0:
+            v = net.forward_with_modulations(x, cache.split(mods_all[:B, i]))      # depth × (B, 6D), (B, 2D)
         else:
-            v_c, v_u = net.forward_with_modulations(torch.cat([x, x]), mods).chunk(2)
-            v = v_u + cfg_scale * (v_c - v_u)
+            v_c, v_u = net.forward_with_modulations(torch.cat([x, x]), cache.split(mods_all[:, i])).chunk(2)
+            v = v_u + w * (v_c - v_u)
         x = x + d * v.to(x.dtype)
     return x
 
 
 @torch.no_grad()
-def sample_cached(model, noise, steps=1, y=None, cfg_scale=1.0, cache=None):
+def sample_cached(model, noise, steps=1, y=None, cfg_scale=None, cache=None, *, force_cfg=False):
     """`shortcut.sample` through a ConditioningCache (eager): same maths, no embedders or adaLN
     projections per step. Builds the cache unless one for `steps` is given."""
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.dim() < 2:
         raise ValueError("noise must be a floating-point tensor of shape (B, ...)")
     check_steps(steps)
     net = _unwrap(model)
+    schedule = schedule_for(net, steps)
+    scales = guidance_scales(net, schedule, cfg_scale, force_cfg)
     B = noise.shape[0]
     y = check_labels(net, y, B, noise.device)
     if cache is None:
@@ -254,9 +257,9 @@ def sample_cached(model, noise, steps=1, y=None, cfg_scale=1.0, cache=None):
     elif not isinstance(cache, ConditioningCache) or cache.steps != steps:
         raise ValueError(f"cache must be a ConditioningCache built for steps={steps}, got "
                          f"{getattr(cache, 'steps', type(cache).__name__)}")
-    if cfg_scale != 1.0:
+    if any(w != 1.0 for w in scales):
         y = torch.cat([y, torch.full_like(y, net.null_label)])
-    return _euler_cached(net, noise, cache.gather(y), cache, cfg_scale)
+    return _euler_cached(net, noise, cache.gather(y), cache, [d for _, d, _ in schedule], scales)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -280,8 +283,8 @@ class _Captured:
     Holds no reference to the model (the per-model cache is weakly keyed by it): methods take it.
     """
 
-    def __init__(self, net, batch_size, steps, cfg_scale, dtype, shape, device, seeded, use_cache, labels):
-        self.batch_size, self.steps, self.cfg_scale, self.dtype = batch_size, steps, cfg_scale, dtype
+    def __init__(self, net, batch_size, steps, cfg_scales, dtype, shape, device, seeded, use_cache, labels):
+        self.batch_size, self.steps, self.cfg_scales, self.dtype = batch_size, steps, cfg_scales, dtype
         self.shape, self.device, self.seeded, self.use_cache, self.labels = shape, device, seeded, use_cache, labels
         self.null = net.null_label if hasattr(net, "null_label") else getattr(net, "num_classes", 0)
         self.graph, self.out, self.relist = None, None, False
@@ -296,11 +299,13 @@ class _Captured:
         else:
             self.noise = torch.zeros(full, dtype=self.dtype, device=dev)
         # Labels, with the null half of a guided batch written once: the cached path gathers 2B rows.
-        guided_cache = self.use_cache and self.cfg_scale != 1.0
+        guided_cache = self.use_cache and any(w != 1.0 for w in self.cfg_scales)
         self.y_all = torch.full((2 * B if guided_cache else B,), self.null, dtype=torch.long, device=dev)
         self.y = self.y_all[:B]
-        self.k = torch.full((B,), check_steps(self.steps), dtype=torch.long, device=dev)
-        self.ts = [torch.full((B,), i * (1.0 / self.steps), dtype=torch.float32, device=dev) for i in range(self.steps)]
+        schedule = schedule_for(net, self.steps)
+        self.ts = [torch.full((B,), t, dtype=torch.float32, device=dev) for t, _, _ in schedule]
+        self.ks = [torch.full((B,), k, dtype=torch.long, device=dev) for _, _, k in schedule]
+        self.ds = [d for _, d, _ in schedule]
         self.param_dtype = _first_param(net).dtype
         self.cache = ConditioningCache(net, self.steps, self.labels,
                                        self.dtype if self.dtype != self.param_dtype else None) \
@@ -317,8 +322,8 @@ class _Captured:
             else:
                 x = self.noise
             if self.cache is not None:
-                return _euler_cached(net, x, self.cache.gather(self.y_all), self.cache, self.cfg_scale)
-            return _euler_eager(model, x, self.y, self.k, self.ts, self.cfg_scale, self.null)
+                return _euler_cached(net, x, self.cache.gather(self.y_all), self.cache, self.ds, self.cfg_scales)
+            return _euler_eager(model, x, self.y, self.ks, self.ts, self.ds, self.cfg_scales, self.null)
 
     def capture(self, model, pool):
         """Warm up on a side stream (Triton JIT, autotune and torch.compile finish there), then capture."""
@@ -438,36 +443,42 @@ class GraphSampler:
 
     model: a ShortcutDiT (or any forward(x, t, k, y) module with `shape=`), possibly torch.compile'd
     (default mode; "reduce-overhead" uses CUDA graphs itself and cannot be captured again).
-    dtype: dtype of the noise and of the sampled x: None -> the model's dtype if fp16/bf16, else bf16.
-    An fp32 model sampling in fp16/bf16 runs under autocast; a half model needs its own dtype.
+    steps: any int in 1 … 128 (`shortcut.sampler.step_schedule`). cfg_scale, force_cfg: as
+    `shortcut.sample` (None: guidance where the official code applies it).
+    dtype: dtype of the sampled x (and of the static noise buffer): None -> on CUDA the model's dtype if
+    fp16/bf16, else bf16; on the CPU the model's own dtype. An fp32 model sampling in fp16/bf16 runs under
+    autocast; a half model needs its own dtype.
     seeded: draw the noise inside the graph from `gs(seed=...)` (see `seeded_noise`) instead of copying
     it in. cond_cache: True / False / "auto" (on for uncompiled ShortcutDiTs when the table fits
     COND_CACHE_AUTO_BYTES); labels: restrict the table to these labels (others give NaN images; no
     effect without the cache).
     check_weights: per call, compare parameter pointers and versions with the capture's (see module doc).
 
-    gs(noise, y) -> x1 (a fresh tensor); noise (batch_size, *shape) of `dtype` on the model's device;
-    y (batch_size,) int64 on that device or the CPU (CPU labels are range-checked; device labels are not,
-    to avoid a sync), or None for the null label.
+    Writes through `param.data` are invisible to the weight check: call `refresh()` after them.
+
+    gs(noise, y) -> x1 (a fresh tensor); noise (batch_size, *shape), any floating dtype (cast into the
+    static buffer), on the model's device or the CPU; y (batch_size,) int64 on that device or the CPU (CPU
+    labels are range-checked; device labels are not, to avoid a sync), or None for the null label.
     """
 
-    def __init__(self, model, batch_size, steps=1, cfg_scale=1.0, dtype=None, *, seeded=False,
-                 cond_cache="auto", labels=None, check_weights=True, shape=None):
+    def __init__(self, model, batch_size, steps=1, cfg_scale=None, dtype=None, *, seeded=False,
+                 cond_cache="auto", labels=None, check_weights=True, shape=None, force_cfg=False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         check_steps(steps)
-        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        check_cfg_scale(cfg_scale)
         if cond_cache not in ("auto", True, False):
             raise ValueError(f"cond_cache must be 'auto', True or False, got {cond_cache!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be None or one of {DTYPES}, got {dtype!r}")
         net = _unwrap(model)
         param = _first_param(net)
-        if dtype is None:
-            dtype = param.dtype if param.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        cfg_scales = tuple(guidance_scales(net, schedule_for(net, steps), cfg_scale, force_cfg))
+        if dtype is None:   # CUDA: bf16 under autocast is the fast path; the CPU keeps the model's precision
+            half = param.dtype in (torch.float16, torch.bfloat16) or param.device.type != "cuda"
+            dtype = param.dtype if half else torch.bfloat16
         if dtype != param.dtype and param.dtype != torch.float32:
             raise ValueError(f"dtype {dtype} needs an fp32 model (run under autocast) or a {dtype} model; "
                              f"the model's parameters are {param.dtype}")
@@ -479,10 +490,12 @@ class GraphSampler:
             labels_key = tuple(_check_label_subset(labels, net.null_label).tolist())
         use_cache = self._resolve_cache(model, net, cond_cache, steps, dtype, labels_key)
         self.model, self.check_weights = model, bool(check_weights)
-        self.key = (batch_size, steps, float(cfg_scale), dtype, shape, param.device, seeded, use_cache, labels_key)
+        # kernels / attention are plain attributes a user may switch between samplers: part of the key.
+        backend = (getattr(net, "kernels", None), getattr(net, "attention", None))
+        self.key = (batch_size, steps, cfg_scales, dtype, shape, param.device, seeded, use_cache, labels_key, backend)
 
         def make(graphs):
-            entry = _Captured(net, batch_size, steps, float(cfg_scale), dtype, shape, param.device, bool(seeded),
+            entry = _Captured(net, batch_size, steps, cfg_scales, dtype, shape, param.device, bool(seeded),
                               use_cache, labels_key)
             entry.allocate(net)
             entry.capture(model, graphs.pool_for(param.device))
@@ -515,7 +528,9 @@ class GraphSampler:
     # -----------------------------------------------------------------------------------------------
     batch_size = property(lambda self: self._entry.batch_size)
     steps = property(lambda self: self._entry.steps)
-    cfg_scale = property(lambda self: self._entry.cfg_scale)
+    cfg_scales = property(lambda self: self._entry.cfg_scales, doc="the guidance weight of each step")
+    cfg_scale = property(lambda self: self._entry.cfg_scales[0] if len(set(self._entry.cfg_scales)) == 1
+                         else self._entry.cfg_scales, doc="the guidance weight (a tuple when it varies by step)")
     dtype = property(lambda self: self._entry.dtype)
     device = property(lambda self: self._entry.device)
     seeded = property(lambda self: self._entry.seeded)
@@ -546,10 +561,10 @@ class GraphSampler:
         if tuple(noise.shape) != want:
             raise ValueError(f"noise must have shape {want} (this sampler was captured for batch_size="
                              f"{e.batch_size}; build another GraphSampler for other sizes), got {tuple(noise.shape)}")
-        if noise.dtype != e.dtype:
-            raise ValueError(f"noise must be {e.dtype} (the captured dtype), got {noise.dtype}")
-        if noise.device != e.device:
-            raise ValueError(f"noise must be on {e.device} (where the model is), got {noise.device}")
+        if not noise.is_floating_point():
+            raise ValueError(f"noise must be a floating-point tensor (cast to {e.dtype}), got {noise.dtype}")
+        if noise.device != e.device and noise.device.type != "cpu":
+            raise ValueError(f"noise must be on {e.device} (where the model is) or the CPU, got {noise.device}")
 
     def _copy_labels(self, y):
         e = self._entry
@@ -607,6 +622,6 @@ class GraphSampler:
 
     def __repr__(self):
         e = self._entry
-        return (f"GraphSampler(batch_size={e.batch_size}, steps={e.steps}, cfg_scale={e.cfg_scale}, "
+        return (f"GraphSampler(batch_size={e.batch_size}, steps={e.steps}, cfg_scale={self.cfg_scale}, "
                 f"dtype={e.dtype}, device={e.device}, seeded={e.seeded}, cond_cache={e.cache is not None}, "
                 f"graphed={self.graphed})")

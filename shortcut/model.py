@@ -1,8 +1,9 @@
 """ShortcutDiT: a DiT conditioned on the noise level t, the step level k and the class label y.
 
-`c = emb_t(t) + emb_k(k) + emb_y(y)` drives every block's adaLN. The forward pass is written so that each
-sub-block's gated residual is fused with the next sub-block's norm (`gated_adaln`); `kernels="torch"`
-runs the readable references of those ops, `kernels="triton"` the fused kernels, with the same weights.
+`c = emb_t(t) + emb_k(k) + emb_y(y)` drives every block's adaLN (k replaced by 0 when `cfg.ignore_k`). The
+forward pass is written so that each sub-block's gated residual is fused with the next sub-block's norm
+(`gated_adaln`); `kernels="torch"` runs the readable references of those ops, `kernels="triton"` the fused
+kernels, with the same weights.
 """
 import functools
 import math
@@ -208,13 +209,35 @@ def _adaln_load_hook(model, state_dict, prefix, local_metadata, strict, missing_
     state_dict[prefix + "adaLN.bias"] = torch.cat([state_dict.pop(kb) for _, kb in keys])
 
 
-class ShortcutDiT(nn.Module):
+class PretrainedMixin:
+    """The Hugging Face habit: `model.save_pretrained(dir)` and `ShortcutDiT.from_pretrained(dir)`, the same
+    folders as `shortcut.save_pretrained` / `shortcut.from_pretrained` (shortcut/pretrained.py)."""
+
+    def save_pretrained(self, directory, weights="ema", data_info=None):
+        """Write this model's weights (as the folder's "ema" weights unless weights="live") and config."""
+        from .pretrained import save_pretrained
+        return save_pretrained(self, directory, weights=weights, data_info=data_info)
+
+    @classmethod
+    def from_pretrained(cls, directory, weights="ema", kernels="auto", device="cpu"):
+        """The model saved in `directory`, in eval mode; the folder must hold a model of this class."""
+        from .pretrained import from_pretrained
+        model = from_pretrained(directory, weights=weights, kernels=kernels, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory!r} holds a {type(model).__name__}, not a {cls.__name__}: "
+                            f"use {type(model).__name__}.from_pretrained or shortcut.from_pretrained")
+        return model
+
+
+class ShortcutDiT(PretrainedMixin, nn.Module):
     """The shortcut model s(x_t, t, k, y) -> v̂.
 
     x (B, C, H, W); t (B,) float in [0, 1] (0 = noise, 1 = data); k (B,) int step level (steps = 2^k);
     y (B,) long in [0, num_classes], num_classes meaning "no label".
     kernels: "torch" (references), "triton" (fused kernels), "auto" (Triton on CUDA tensors).
     attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are, else SDPA).
+    `guidance`: what training taught the model about classifier-free guidance (ObjectiveConfig.guidance;
+    set by shortcut.train, checkpoints and from_pretrained; None: unknown), read by shortcut.sample.
     """
 
     def __init__(self, cfg: ModelConfig, kernels="auto", attention="auto"):
@@ -240,11 +263,16 @@ class ShortcutDiT(nn.Module):
         self.final_layer.adaLN_modulation = AdaLNView(self.adaLN, cfg.depth)
         self.register_state_dict_post_hook(_adaln_state_dict_hook)
         self.register_load_state_dict_pre_hook(_adaln_load_hook)
+        self.guidance = None
         self.initialize_weights()
 
     @property
     def num_classes(self):
         return self.cfg.num_classes
+
+    @property
+    def ignore_k(self):
+        return self.cfg.ignore_k
 
     @property
     def null_label(self):
@@ -257,6 +285,12 @@ class ShortcutDiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         self.apply(_basic_init)
+        # qkv: the official network has three Dense layers, each xavier over (D, D) (variance 1/D); one
+        # xavier over the fused (3D, D) weight gives 1/(2D), DiT's (timm's fused qkv) choice.
+        if self.cfg.qkv_init == "separate":
+            for block in self.blocks:
+                for w in block.attn.qkv.weight.data.chunk(3):                 # q, k, v rows: 3 × (D, D)
+                    nn.init.xavier_uniform_(w)
         # Patch embedding: like a Linear over the flattened patch.
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -295,8 +329,10 @@ class ShortcutDiT(nn.Module):
 
         The fused path is two launches (shortcut_kernels.embed_conditioning): both embedders' first Linears
         with the sinusoids computed in registers, then both second Linears, the label row and the sum,
-        writing SiLU(c) as well.
+        writing SiLU(c) as well. With cfg.ignore_k, k is replaced by 0 on both paths.
         """
+        if self.cfg.ignore_k:
+            k = torch.zeros_like(k)
         if not self.uses_triton(t):
             c = self.t_embedder(t) + self.k_embedder(k) + self.y_embedder(y)
             return (c, F.silu(c)) if silu else c
@@ -397,12 +433,16 @@ def get_2d_sincos_pos_embed(dim, grid_size):
     return emb
 
 
-class ShortcutMLP(nn.Module):
-    """A small residual MLP s(x_t, t, k, y) for 2-D toy data (x (B, 2)); the objective is model-agnostic."""
+class ShortcutMLP(PretrainedMixin, nn.Module):
+    """A small residual MLP s(x_t, t, k, y) for 2-D toy data (x (B, 2)); the objective is model-agnostic.
+    ignore_k: replace k by 0 (flow matching), as ModelConfig.ignore_k."""
 
-    def __init__(self, dim=2, hidden=256, depth=3, num_classes=0, freq_dim=64):
+    def __init__(self, dim=2, hidden=256, depth=3, num_classes=0, freq_dim=64, ignore_k=False):
         super().__init__()
-        self.cfg_dim, self.freq_dim, self._num_classes = dim, freq_dim, num_classes
+        if not isinstance(ignore_k, bool):
+            raise ValueError(f"ShortcutMLP ignore_k must be True or False, got {ignore_k!r}")
+        self.cfg_dim, self.freq_dim, self._num_classes, self.ignore_k = dim, freq_dim, num_classes, ignore_k
+        self.guidance = None
         self.inp = nn.Linear(dim + 2 * freq_dim, hidden)
         self.y_embedder = nn.Embedding(num_classes + 1, hidden)
         self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -418,9 +458,33 @@ class ShortcutMLP(nn.Module):
         return self._num_classes
 
     def forward(self, x, t, k, y):
+        if self.ignore_k:
+            k = torch.zeros_like(k)
         f = torch.cat([x, timestep_embedding_ref(t * 1000, self.freq_dim),
                        timestep_embedding_ref(k, self.freq_dim)], dim=1)          # (B, dim + 2·freq)
         h = self.inp(f) + self.y_embedder(y)                                      # (B, hidden)
         for layer in self.layers:
             h = h + layer(h)
         return self.out(h)                                                        # (B, dim)
+
+
+def architecture(model):
+    """{"model_type", "model_config"}: what rebuilds `model` without its weights (JSON-able); checkpoints
+    and save_pretrained folders store it."""
+    if isinstance(model, ShortcutDiT):
+        return {"model_type": "ShortcutDiT", "model_config": model.cfg.to_dict()}
+    if isinstance(model, ShortcutMLP):
+        return {"model_type": "ShortcutMLP",
+                "model_config": {"dim": model.cfg_dim, "hidden": model.inp.out_features, "depth": len(model.layers),
+                                 "num_classes": model.num_classes, "freq_dim": model.freq_dim,
+                                 "ignore_k": model.ignore_k}}
+    raise TypeError(f"expected a ShortcutDiT or ShortcutMLP, got {type(model).__name__}")
+
+
+def model_from_architecture(arch, kernels="auto"):
+    """The (freshly initialised) model an `architecture()` record describes."""
+    if arch.get("model_type") == "ShortcutDiT":
+        return ShortcutDiT(ModelConfig(**arch["model_config"]), kernels=kernels)
+    if arch.get("model_type") == "ShortcutMLP":
+        return ShortcutMLP(**arch["model_config"])
+    raise ValueError(f"unknown model_type {arch.get('model_type')!r}: expected 'ShortcutDiT' or 'ShortcutMLP'")

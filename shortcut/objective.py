@@ -64,12 +64,15 @@ def _guided_velocity(model, x, t, k, y, null_label, scale, guided):
     return v_c
 
 
-def shortcut_targets(model, x1, y, cfg=None, generator=None, null_label=None):
+def shortcut_targets(model, x1, y, cfg=None, generator=None, null_label=None, levels=None):
     """Build one training batch from data x1 (B, ...) and labels y (B,) long.
 
     model: the target network (the EMA weights in the official recipe), called without grad in eval mode
     for the bootstrap targets. cfg: ObjectiveConfig. generator: torch.Generator for all randomness
     (noise, t, levels, label dropout). null_label: defaults to model.null_label (or model.num_classes).
+    levels: the step levels of the bootstrap items, chosen by the caller (shortcut.train deals the global
+    batch's levels over its shards: distributed.deal_levels); their number replaces int(B · fraction).
+    None: `bootstrap_levels` of int(B · bootstrap_fraction) items.
     """
     cfg = cfg or ObjectiveConfig()
     if not isinstance(x1, torch.Tensor) or x1.dim() < 2 or not x1.is_floating_point():
@@ -92,8 +95,13 @@ def shortcut_targets(model, x1, y, cfg=None, generator=None, null_label=None):
         return v.to(device)
 
     M, top = cfg.denoise_timesteps, cfg.max_level
+    if levels is not None:
+        levels = _check_levels(levels, cfg, B, top)
     # 1. Split: the first nb items get bootstrap targets, the rest flow targets (each image used once).
-    nb = int(B * cfg.bootstrap_fraction) if cfg.objective == "shortcut" else 0
+    if levels is not None:
+        nb = levels.numel()
+    else:
+        nb = int(B * cfg.bootstrap_fraction) if cfg.objective == "shortcut" else 0
     x0 = to(torch.randn(x1.shape, generator=generator, device=gdev, dtype=x1.dtype))
 
     # 2. Flow items: t on the 1/M grid, finest level, labels dropped to null with p = class_dropout_prob.
@@ -108,7 +116,7 @@ def shortcut_targets(model, x1, y, cfg=None, generator=None, null_label=None):
         return ShortcutBatch(x_f, t_f, k_f, y_f, v_f, 0)
 
     # 3. Bootstrap items: levels k in 0 .. top-1, t a multiple of d = 2^-k, true labels.
-    k_b = bootstrap_levels(nb, top, generator, device)
+    k_b = bootstrap_levels(nb, top, generator, device) if levels is None else levels.to(device)
     t_b = to(_uniform_grid(2.0 ** k_b.to(gdev), generator))
     x_b = interpolate(x0[:nb], x1[:nb], t_b, cfg.sigma_min)
     y_b = y[:nb]
@@ -131,6 +139,21 @@ def shortcut_targets(model, x1, y, cfg=None, generator=None, null_label=None):
     # 5. Merge: bootstrap items first.
     return ShortcutBatch(torch.cat([x_b, x_f]), torch.cat([t_b, t_f]), torch.cat([k_b, k_f]),
                          torch.cat([y_b, y_f]), torch.cat([v_b, v_f]), nb)
+
+
+def _check_levels(levels, cfg, B, top):
+    if cfg.objective != "shortcut":
+        raise ValueError(f"levels= gives bootstrap items their levels; objective {cfg.objective!r} has none")
+    if (not isinstance(levels, torch.Tensor) or levels.dim() != 1 or levels.is_floating_point()
+            or levels.is_complex() or levels.dtype == torch.bool):
+        raise ValueError(f"levels must be a 1-D integer tensor of bootstrap step levels, got "
+                         f"{(levels.dtype, tuple(levels.shape)) if isinstance(levels, torch.Tensor) else levels!r}")
+    if levels.numel() > B:
+        raise ValueError(f"levels holds {levels.numel()} bootstrap items, more than the batch's {B}")
+    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= top):
+        raise ValueError(f"levels must lie in [0, {top - 1}] (bootstrap levels below log2 M = {top}), got "
+                         f"[{int(levels.min())}, {int(levels.max())}]")
+    return levels.long()
 
 
 def shortcut_loss(model, batch):

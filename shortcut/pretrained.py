@@ -3,12 +3,16 @@
     shortcut.save_pretrained("runs/in256/checkpoint.pt", "dit-b2-in256")        # EMA and live weights
     model = shortcut.from_pretrained("dit-b2-in256")                            # EMA weights, eval mode
     model = shortcut.from_pretrained("dit-b2-in256", weights="live")
+    model.save_pretrained("my-dit")                                             # a bare model: its weights
+    model = shortcut.ShortcutDiT.from_pretrained("my-dit")
 
     shortcut export --ckpt runs/in256/checkpoint.pt --out dit-b2-in256
 
-config.json holds the network's config (ModelConfig for ShortcutDiT), the data description (shape,
-classes, and for latent models the VAE and its scale factor, so samples can be decoded) and, when saved
-from a checkpoint, the TrainConfig and step for reference. Weights are in the DiT key layout.
+config.json holds the network's config (ModelConfig for ShortcutDiT, ignore_k included), the guidance record
+(whether and with which scale guidance was distilled, where the null label was trained: `shortcut.sample`
+reads it), the data description (shape, classes, and for latent models the VAE and its scale factor, so
+samples can be decoded) and, when saved from a checkpoint, the TrainConfig and step for reference.
+Weights are in the DiT key layout.
 """
 import json
 import os
@@ -16,8 +20,7 @@ import shutil
 
 import torch
 
-from .config import ModelConfig
-from .model import ShortcutDiT, ShortcutMLP
+from .model import ShortcutDiT, ShortcutMLP, architecture, model_from_architecture
 
 PRETRAINED_FORMAT = "shortcut-pretrained"
 CONFIG = "config.json"
@@ -33,16 +36,6 @@ def _safetensors():
     return load_file, save_file
 
 
-def _architecture(model):
-    if isinstance(model, ShortcutDiT):
-        return {"model_type": "ShortcutDiT", "model_config": model.cfg.to_dict()}
-    if isinstance(model, ShortcutMLP):
-        return {"model_type": "ShortcutMLP",
-                "model_config": {"dim": model.cfg_dim, "hidden": model.inp.out_features, "depth": len(model.layers),
-                                 "num_classes": model.num_classes, "freq_dim": model.freq_dim}}
-    raise TypeError(f"save_pretrained takes a ShortcutDiT or ShortcutMLP, got {type(model).__name__}")
-
-
 def _default_info(model):
     if isinstance(model, ShortcutDiT):
         c = model.cfg
@@ -51,11 +44,15 @@ def _default_info(model):
     return {"name": "", "shape": [model.cfg_dim], "num_classes": model.num_classes, "latent": None, "classes": []}
 
 
-def save_pretrained(source, directory, weights=("ema", "live"), data_info=None):
+def save_pretrained(source, directory, weights=None, data_info=None):
     """Write `directory` (must not exist or be empty) from a checkpoint (path or dict), a TrainResult, or a
-    model. weights: which of "ema" / "live" to include (a bare model is written as its "ema" weights
-    unless weights=("live",)). Written to a temporary folder and renamed: no partial folder on error."""
-    from .train import TrainResult, build_model, checkpoint_data_info, load_checkpoint
+    model. weights: which of "ema" / "live" to include; default both for a checkpoint or TrainResult, and
+    for a bare model its one set of weights, written as "ema" (weights="live" writes it as the live ones).
+    Written to a temporary folder and renamed: no partial folder on error."""
+    from .train import TrainResult, checkpoint_data_info, checkpoint_model, load_checkpoint
+    bare = isinstance(source, torch.nn.Module)
+    if weights is None:
+        weights = ("ema",) if bare else ("ema", "live")
     weights = (weights,) if isinstance(weights, str) else tuple(weights)
     bad = [w for w in weights if w not in WEIGHT_FILES]
     if not weights or bad:
@@ -64,18 +61,18 @@ def save_pretrained(source, directory, weights=("ema", "live"), data_info=None):
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
     if isinstance(source, dict):
-        from .config import TrainConfig
-        cfg = TrainConfig.from_dict(source["config"])
         info = data_info or checkpoint_data_info(source)
-        model = build_model(cfg, info)
+        model = checkpoint_model(source)
         states = {"ema": source["ema"], "live": source["model"]}
         extra = {"train_config": source["config"], "step": source["step"]}
     elif isinstance(source, TrainResult):
         model, info = source.ema, data_info or _default_info(source.ema)
         states = {"ema": source.ema.state_dict(), "live": source.model.state_dict()}
         extra = {"step": source.step}
-    elif isinstance(source, torch.nn.Module):
-        model, info = source, data_info or _default_info(source)
+    elif bare:
+        if not isinstance(source, (ShortcutDiT, ShortcutMLP)):
+            raise TypeError(f"save_pretrained takes a ShortcutDiT or ShortcutMLP, got {type(source).__name__}")
+        model, info = source, data_info or getattr(source, "data_info", None) or _default_info(source)
         if len(weights) != 1:
             raise ValueError("a bare model has one set of weights: pass weights='ema' or weights='live'")
         states = {weights[0]: source.state_dict()}
@@ -85,7 +82,8 @@ def save_pretrained(source, directory, weights=("ema", "live"), data_info=None):
     _, save_file = _safetensors()
     if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
         raise FileExistsError(f"{directory!r} exists and is not an empty folder")
-    config = {"format": PRETRAINED_FORMAT, "version": 1, **_architecture(model), "data_info": info,
+    config = {"format": PRETRAINED_FORMAT, "version": 1, **architecture(model),
+              "guidance": getattr(model, "guidance", None), "data_info": info,
               "weights": {w: WEIGHT_FILES[w] for w in weights}, **extra}
     tmp = f"{os.path.abspath(directory).rstrip(os.sep)}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,12 +122,11 @@ def from_pretrained(directory, weights="ema", kernels="auto", device="cpu"):
     config = read_config(directory)
     if weights not in config["weights"]:
         raise ValueError(f"{directory!r} holds weights {sorted(config['weights'])}, not {weights!r}")
-    if config["model_type"] == "ShortcutDiT":
-        model = ShortcutDiT(ModelConfig(**config["model_config"]), kernels=kernels)
-    elif config["model_type"] == "ShortcutMLP":
-        model = ShortcutMLP(**config["model_config"])
-    else:
-        raise ValueError(f"unknown model_type {config['model_type']!r} in {directory!r}")
+    try:
+        model = model_from_architecture(config, kernels)
+    except ValueError as e:
+        raise ValueError(f"{directory!r}: {e}") from e
+    model.guidance = config.get("guidance")   # None for folders written before it was recorded
     path = os.path.join(directory, config["weights"][weights])
     state = load_file(path)
     try:

@@ -6,14 +6,13 @@ atomic checkpoints and exact resume — on one process or many (torchrun + DDP, 
 
 How the work is split (see shortcut/distributed.py): the global batch `batch_size` is cut into
 world_size × grad_accum equal shards, each with its own generator; the bootstrap items of the global batch
-(int(batch_size · bootstrap_fraction), as on one process) are dealt out over the shards. Gradients are the
-mean over all items; metrics are reduced over ranks (item-weighted); rank 0 alone writes metrics,
+(int(batch_size · bootstrap_fraction), as on one process) and their levels are dealt out over the shards.
+Gradients are the mean over all items; metrics are reduced over ranks (item-weighted); rank 0 alone writes metrics,
 checkpoints and grids. A checkpoint holds full (unsharded) weights and every shard's generator state, so
 it resumes on any world size, exactly when world_size × grad_accum is unchanged.
 """
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import torch
 from . import distributed as D
 from .config import ModelConfig, TrainConfig
 from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
-from .model import ShortcutDiT, ShortcutMLP
+from .model import ShortcutDiT, ShortcutMLP, architecture, model_from_architecture
 from .objective import shortcut_loss, shortcut_targets
 from .profiling import nvtx_range
 from .sampler import sample
@@ -67,22 +66,28 @@ def data_shape(info):
 def build_model(cfg: TrainConfig, dataset):
     """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data.
 
-    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store).
+    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store). Flow-matching
+    runs ignore k (official ignore_dt) unless model_overrides say otherwise; `model.guidance` records what
+    the objective teaches about guidance (ObjectiveConfig.guidance).
     """
     dataset = data_shape(dataset)
     preset = cfg.preset
     if preset == "auto":
         preset = "digits" if dataset.is_image else "mlp"
+    overrides = {"ignore_k": cfg.objective.objective == "flow", **cfg.model_overrides}
     if not dataset.is_image:
         if preset != "mlp":
             raise ValueError(f"2-D data trains the 'mlp' model, got preset {cfg.preset!r}")
-        return ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **cfg.model_overrides)
-    if preset == "mlp":
+        model = ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
+    elif preset == "mlp":
         raise ValueError("preset 'mlp' is for 2-D data; image data needs a DiT preset")
-    c, h, _ = dataset.shape
-    mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
-                              num_classes=dataset.num_classes, **cfg.model_overrides)
-    return ShortcutDiT(mcfg, kernels=cfg.kernels)
+    else:
+        c, h, _ = dataset.shape
+        mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
+                                  num_classes=dataset.num_classes, **overrides)
+        model = ShortcutDiT(mcfg, kernels=cfg.kernels)
+    model.guidance = cfg.objective.guidance(dataset.num_classes)
+    return model
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -97,9 +102,22 @@ def model_from_checkpoint(ckpt, use_ema=True, kernels="auto", map_location="cpu"
         ckpt = load_checkpoint(ckpt, map_location)
     cfg = TrainConfig.from_dict(ckpt["config"])
     cfg.kernels = kernels
-    model = build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
+    model = checkpoint_model(ckpt, kernels)
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     return model.eval(), cfg
+
+
+def checkpoint_model(ckpt, kernels="auto"):
+    """The network a loaded checkpoint describes (fresh weights), with its guidance record."""
+    if "architecture" in ckpt:   # the network as trained, whatever build_model's defaults have become
+        model = model_from_architecture(ckpt["architecture"], kernels)
+        model.guidance = ckpt.get("guidance")
+        return model
+    # Older checkpoints: rebuilt from the config; k was never ignored then.
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg.kernels = kernels
+    cfg.model_overrides = {"ignore_k": False, **cfg.model_overrides}
+    return build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
 
 
 def checkpoint_data_info(ckpt):
@@ -165,20 +183,6 @@ def data_options(cfg):
     if cfg.data == "digits" or cfg.data in TOY_2D:
         return {}
     return {"image_size": cfg.image_size, "random_flip": cfg.random_flip}
-
-
-def _shard_objective(obj, b, nb):
-    """The ObjectiveConfig that makes shortcut_targets put exactly nb of its b items in the bootstrap part.
-
-    shortcut_targets takes int(b · bootstrap_fraction) items; (nb + ½)/b lands on nb without rounding risk.
-    On one process nb == int(b · fraction) and the config passes through untouched (identical runs).
-    """
-    if obj.objective != "shortcut" or int(b * obj.bootstrap_fraction) == nb:
-        return obj
-    if nb >= b:
-        raise ValueError(f"a shard of {b} items would hold {nb} bootstrap items and no flow item: raise "
-                         f"batch_size or lower world_size × grad_accum")
-    return dataclasses.replace(obj, bootstrap_fraction=(nb + 0.5) / b)
 
 
 class _Batches:
@@ -261,6 +265,7 @@ def _train(cfg, env):
         weights = _full_state(model, raw, ema, opt, fsdp, shadow)
         if env.is_main:
             save_atomic({**weights, "step": step, "config": cfg.to_dict(), "data_info": data_info,
+                         "architecture": architecture(raw), "guidance": raw.guidance,
                          "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
                          "rng": {"generator": states[0], "generators": states, "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
@@ -277,19 +282,22 @@ def _train(cfg, env):
     log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
     with log:
         for step in range(start + 1, cfg.steps + 1):
-            nb = D.bootstrap_counts(cfg.batch_size, cfg.objective.bootstrap_fraction, S, step)
+            # Shards: the global batch's bootstrap levels, dealt out. One process: shortcut_targets draws
+            # them itself, exactly as the objective API does in a user's own loop.
+            levels = (D.deal_levels(cfg.batch_size, cfg.objective, S, step, cfg.seed)
+                      if cfg.objective.objective == "shortcut" and S > 1 else None)
             sums = []   # per micro-batch: items, loss·n, flow loss·n, flow n, bootstrap loss·n, bootstrap n
             opt.zero_grad(set_to_none=True)
             for a, j in enumerate(shards):
                 with nvtx_range("data"):
                     x1, y = batches.next(gens[a])
                     x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                obj = _shard_objective(cfg.objective, x1.shape[0], nb[j])
                 last = a == A - 1
                 with _grad_sync(model, env, fsdp, last):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         with nvtx_range("forward"):
-                            batch = shortcut_targets(target_net, x1, y, obj, generator=gens[a])
+                            batch = shortcut_targets(target_net, x1, y, cfg.objective, generator=gens[a],
+                                                     levels=levels[j] if levels is not None else None)
                             loss, parts = shortcut_loss(model, batch)
                     _check_finite(loss, step, ckpt_path, cfg, env, bar)
                     with nvtx_range("backward"):

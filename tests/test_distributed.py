@@ -116,8 +116,8 @@ def test_micro_batches_hold_the_global_bootstrap_share(tmp_path, monkeypatch):
     seen = []
     real = train_mod.shortcut_targets
 
-    def spy(net, x1, y, cfg, generator=None):
-        out = real(net, x1, y, cfg, generator=generator)
+    def spy(net, x1, y, cfg, generator=None, levels=None):
+        out = real(net, x1, y, cfg, generator=generator, levels=levels)
         seen.append((x1.shape[0], out.num_bootstrap))
         return out
 

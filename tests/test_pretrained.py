@@ -77,7 +77,7 @@ def test_errors_and_no_partial_folders(run, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="weights must be a non-empty subset"):
         save_pretrained(res, str(tmp_path / "w"), weights=("best",))
     with pytest.raises(ValueError, match="a bare model has one set of weights"):
-        save_pretrained(res.ema, str(tmp_path / "w"))
+        save_pretrained(res.ema, str(tmp_path / "w"), weights=("ema", "live"))
     with pytest.raises(TypeError, match="takes a checkpoint path or dict"):
         save_pretrained(42, str(tmp_path / "w"))
     (tmp_path / "full").mkdir()
