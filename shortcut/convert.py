@@ -9,19 +9,17 @@ from the parameter shapes (`infer_config`), the flax tree is renamed and transpo
 key layout (`official_state_dict`), and the folder is written all at once or not at all.
 """
 import builtins
-import json
 import os
 import pickle
-import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from .config import PRESETS, ModelConfig
+from .config import PRESETS, ModelConfig, ObjectiveConfig
 from .model import ShortcutDiT
-from .pretrained import CONFIG, PRETRAINED_FORMAT, WEIGHT_FILES, _architecture, _safetensors
+from .pretrained import write_pretrained
 
 # Official utils/stable_vae.py encodes with pcuenq/sd-vae-ft-mse-flax, the Flax port of this VAE, and
 # multiplies the latents by its scaling_factor (0.18215); train.py uses the VAE by default (use_stable_vae 1).
@@ -382,7 +380,6 @@ def convert_official(path, out, input_size=32, num_heads=None, weights=("ema", "
         raise ConvertError(f"--weights must be one or more of {tuple(TREES)}, got {list(weights)}")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ConvertError(f"--out {out!r} exists and is not an empty folder")
-    _, save_file = _safetensors()
     ckpt = load_official(path)
     trees, step = official_trees(ckpt, weights)
     del ckpt   # the optimizer state is as large as both trees together (DiT-XL: 5.4 GB)
@@ -404,21 +401,15 @@ def convert_official(path, out, input_size=32, num_heads=None, weights=("ema", "
     info = data_info or {"name": f"official:{os.path.basename(os.path.normpath(path))}", "shape": [C, N, N],
                          "num_classes": 0 if cfg.num_classes == 1 else cfg.num_classes,
                          "latent": dict(OFFICIAL_VAE) if C == 4 else None, "classes": []}
-    config = {"format": PRETRAINED_FORMAT, "version": 1, **_architecture(model), "data_info": info,
-              "weights": {w: WEIGHT_FILES[w] for w in weights}, "step": step,
-              "source": {"kind": "kvfrans/shortcut-models checkpoint", "file": os.path.basename(resolve_path(path)),
-                         "trees": {w: TREES[w] for w in weights}}}
-    tmp = f"{os.path.abspath(out).rstrip(os.sep)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    # The guidance record of the official README's recipes: ImageNet (1000 classes) distils w = 1.5 into the
+    # levels below 128 steps (bootstrap_cfg 1, cfg_scale 1.5); CelebA-HQ is unconditional (every label null).
+    recipe = (ObjectiveConfig(bootstrap_cfg=True, bootstrap_cfg_scale=1.5) if info["num_classes"] > 1
+              else ObjectiveConfig(class_dropout_prob=1.0))
+    extra = {"guidance": recipe.guidance(info["num_classes"]), "step": step,
+             "source": {"kind": "kvfrans/shortcut-models checkpoint", "file": os.path.basename(resolve_path(path)),
+                        "trees": {w: TREES[w] for w in weights}}}
     try:
-        for w in weights:
-            save_file(states[w], os.path.join(tmp, WEIGHT_FILES[w]))
-        with open(os.path.join(tmp, CONFIG), "w") as f:
-            json.dump(config, f, indent=1)
-        if os.path.isdir(out):
-            os.rmdir(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_pretrained(out, model, states, info, extra)
+    except FileExistsError as e:
+        raise ConvertError(f"--out {e}") from None
     return out

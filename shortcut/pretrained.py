@@ -79,19 +79,26 @@ def save_pretrained(source, directory, weights=None, data_info=None):
     else:
         raise TypeError(f"save_pretrained takes a checkpoint path or dict, a TrainResult or a model, "
                         f"got {type(source).__name__}")
+    states = {w: states[w] for w in weights}
+    return write_pretrained(directory, model, states, info, {"guidance": getattr(model, "guidance", None), **extra})
+
+
+def write_pretrained(directory, model, states, data_info, extra=None):
+    """Write the folder: config.json (architecture of `model`, data description, `extra` keys) and one
+    safetensors file per entry of `states` ({"ema" | "live": state_dict}). `directory` must not exist or be
+    empty; the folder is written under a temporary name and renamed, so an error leaves nothing behind."""
     _, save_file = _safetensors()
     if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
         raise FileExistsError(f"{directory!r} exists and is not an empty folder")
-    config = {"format": PRETRAINED_FORMAT, "version": 1, **architecture(model),
-              "guidance": getattr(model, "guidance", None), "data_info": info,
-              "weights": {w: WEIGHT_FILES[w] for w in weights}, **extra}
+    config = {"format": PRETRAINED_FORMAT, "version": 1, **architecture(model), "data_info": data_info,
+              "weights": {w: WEIGHT_FILES[w] for w in states}, **(extra or {})}
     tmp = f"{os.path.abspath(directory).rstrip(os.sep)}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        for w in weights:
+        for w, state in states.items():
             # clone: the DiT-layout state_dict holds views into one adaLN tensor; safetensors wants owners
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in states[w].items()},
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
                       os.path.join(tmp, WEIGHT_FILES[w]))
         with open(os.path.join(tmp, CONFIG), "w") as f:
             json.dump(config, f, indent=1)

@@ -248,6 +248,8 @@ def test_folder_contents(converted):
     assert info["shape"] == [C, N, N] and info["num_classes"] == CLASSES
     assert info["latent"] == {"vae": "stabilityai/sd-vae-ft-mse", "scale_factor": 0.18215}
     assert config["step"] == 1000
+    # The official class-conditional recipe distils w = 1.5 below 128 steps; its null label lives at level 7.
+    assert config["guidance"] == {"distilled": True, "scale": 1.5, "null_levels": [7]}
     assert not any(m.split(".")[0] in ("flax", "jax", "optax", "ml_collections") for m in sys.modules)
 
 
@@ -282,6 +284,7 @@ def test_one_class_is_unconditional(tmp_path):
                            input_size=N, num_heads=HEADS)
     model = from_pretrained(out)
     assert model.num_classes == 1 and model.null_label == 1 and model.data_info["num_classes"] == 0
+    assert model.guidance == {"distilled": False, "scale": None, "null_levels": None}
 
 
 @pytest.mark.parametrize("width, depth, heads", [(384, 12, 6), (768, 12, 12), (1024, 24, 16), (1152, 28, 16)])
