@@ -5,9 +5,11 @@ A `torch.library.custom_op` has no forward-AD rule: under `torch.func.jvp` it re
 `forward` / `backward` call the same custom ops and whose `jvp` computes the tangent; otherwise it calls the
 custom op directly, as before (no Function overhead, and the path torch.compile traces). Dynamo refuses an
 autograd.Function with a user-defined jvp ("Unsupported custom jvp"), so forward AD inside torch.compile
-raises instead of tracing the zero-tangent custom op.
+raises instead of tracing the zero-tangent custom op. The rules' tangents come from custom ops too, so
+nested forward AD (a jvp of a jvp) raises as well.
 """
 import torch
+from torch._functorch import eager_transforms
 from torch.autograd import forward_ad
 
 
@@ -18,15 +20,20 @@ def forward_ad_active():
     return forward_ad._current_level >= 0
 
 
-def check_eager(op):
-    """The JVP rules are autograd.Functions with a custom jvp, which Dynamo cannot trace: raise a clear
-    error rather than trace the custom op, whose tangent would be zero. (fullgraph=False falls back to
-    eager for the frame, where the rule runs.)"""
+def check_dual(op):
+    """Raise where a JVP rule would be silently wrong. Inside torch.compile: the rules are autograd.Functions
+    with a custom jvp, which Dynamo cannot trace, and the custom op it would trace instead gives a zero
+    tangent (fullgraph=False falls back to eager for the frame, where the rule runs). Nested torch.func.jvp:
+    a rule's tangent comes from a custom op, whose own tangent (the second derivative) would be zero."""
     if torch.compiler.is_compiling():
         raise RuntimeError(f"{op}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) through "
                            f"shortcut_kernels ops cannot run inside torch.compile (their JVP rules are "
                            f"autograd.Functions with a custom jvp, which Dynamo does not trace); call the "
                            f"JVP outside the compiled region")
+    if getattr(eager_transforms, "JVP_NESTING", 0) > 1:
+        raise RuntimeError(f"{op}: nested forward-mode AD (torch.func.jvp inside torch.func.jvp: second "
+                           f"derivatives) has no rule in the fused ops; run the model with kernels='torch', "
+                           f"attention='torch'")
 
 
 class _StopTangentGrad(torch.autograd.Function):

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ._forward_ad import check_eager, no_grad_tangent
+from ._forward_ad import check_dual, no_grad_tangent
 from ._triton import triton_available
 from .adaln import _adaln_modulate_bwd, _adaln_modulate_fwd, _gated_adaln_bwd, _gated_adaln_fwd
 
@@ -175,12 +175,12 @@ class GatedAdaLNFn(torch.autograd.Function):
 
 def adaln_modulate_dual(x, shift, scale, eps, out_dtype: Optional[torch.dtype]):
     """`adaln_modulate` while a forward-AD level is open (checked arguments, eps a float)."""
-    check_eager("adaln_modulate")
+    check_dual("adaln_modulate")
     return AdaLNModulateFn.apply(x, shift, scale, eps, out_dtype)[0]
 
 
 def gated_adaln_dual(x, branch, gate, shift, scale, eps, out_dtype: Optional[torch.dtype]):
     """`gated_adaln` while a forward-AD level is open: (x2, h)."""
-    check_eager("gated_adaln")
+    check_dual("gated_adaln")
     x2, h, _, _ = GatedAdaLNFn.apply(x, branch, gate, shift, scale, eps, out_dtype)
     return x2, h

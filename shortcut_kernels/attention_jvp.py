@@ -26,7 +26,7 @@ public `attention` / `attention_qkvpacked` use under forward AD) -> public funct
 """
 import torch
 
-from ._forward_ad import check_eager, no_grad_tangent
+from ._forward_ad import check_dual, no_grad_tangent
 from ._triton import interpreting, triton_available
 from .attention import (LOG2E, _attention_bwd_op, _attention_fwd_op, _attention_qkvpacked_bwd_op,
                         _attention_qkvpacked_fwd_op, _check_qkv, _check_qkvpacked, _dot_precision, _head_blocks,
@@ -379,13 +379,13 @@ class AttentionQKVPackedFn(torch.autograd.Function):
 
 def attention_dual(q, k, v, scale):
     """`attention` while a forward-AD level is open (checked arguments; scale a float)."""
-    check_eager("attention")
+    check_dual("attention")
     return AttentionFn.apply(q, k, v, scale)[0]
 
 
 def attention_qkvpacked_dual(qkv, scale):
     """`attention_qkvpacked` while a forward-AD level is open (checked arguments; scale a float)."""
-    check_eager("attention_qkvpacked")
+    check_dual("attention_qkvpacked")
     return AttentionQKVPackedFn.apply(qkv, scale)[0]
 
 

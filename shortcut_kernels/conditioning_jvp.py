@@ -12,7 +12,7 @@ Tangents are stored in their primal's dtype and are not differentiable (a gradie
 import torch
 import torch.nn.functional as F
 
-from ._forward_ad import check_eager, no_grad_tangent
+from ._forward_ad import check_dual, no_grad_tangent
 from .conditioning import (_embed_hidden_bwd, _embed_hidden_op, _embed_sum_bwd, _embed_sum_op, _frequencies,
                            _timestep_features_op)
 
@@ -153,14 +153,14 @@ class EmbedSumFn(torch.autograd.Function):
 
 def timestep_features_dual(t, k, dim, t_scale, k_scale, max_period):
     """`timestep_features` while a forward-AD level is open (checked, contiguous arguments)."""
-    check_eager("timestep_features")
+    check_dual("timestep_features")
     return TimestepFeaturesFn.apply(t, k, dim, t_scale, k_scale, max_period)
 
 
 def embed_conditioning_dual(t, k, y, t_mlp, k_mlp, table, t_scale, k_scale, max_period, dtype, c_dtype, s_dtype):
     """`embed_conditioning`'s two launches while a forward-AD level is open (checked arguments): (c, SiLU(c)).
     Weights and the table are read through their strides; t, k, y and the biases must be contiguous."""
-    check_eager("embed_conditioning")
+    check_dual("embed_conditioning")
     (w1_t, b1_t, w2_t, b2_t), (w1_k, b1_k, w2_k, b2_k) = t_mlp, k_mlp
     a = EmbedHiddenFn.apply(t.contiguous(), k.contiguous(), w1_t, b1_t.contiguous(), w1_k, b1_k.contiguous(),
                             t_scale, k_scale, max_period, dtype)                                 # (2, B, D)

@@ -291,6 +291,17 @@ def test_timestep_features_rule(dim, t_scale, gen, device, strict_kernels):
                ["features"], ref_hi=lambda t, k: _timestep_features64(t, k, dim, t_scale))
 
 
+def test_nested_jvp_is_an_error(gen, device):
+    """Second derivatives by jvp-of-jvp would come back zero from the rules' custom ops: an error instead."""
+    x, tx = _randn((2, 3, 16), gen, device), _randn((2, 3, 16), gen, device)
+    shift, scale = _randn((2, 16), gen, device), _randn((2, 16), gen, device)
+    q = _randn((1, 2, 8, 16), gen, device)
+    for op, arg, t in ((lambda x: adaln_modulate(x, shift, scale), x, tx), (lambda q: attention(q, q, q), q, q)):
+        inner = lambda p: torch.func.jvp(op, (p,), (t,))[1]   # noqa: E731
+        with pytest.raises(RuntimeError, match="nested forward-mode AD"):
+            torch.func.jvp(inner, (arg,), (t,))
+
+
 # ------------------------------------------------------------------------------------------------------
 # The whole model.
 def _models(gen, device, **cfg_kw):
