@@ -355,12 +355,17 @@ def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):
     """LN(x)·(1 + scale) + shift, fused. x (B, T, D) contiguous; shift, scale (B, D), any strides.
 
     Returns h (B, T, D) of dtype `out_dtype`, or x's dtype when None. Differentiable in
-    x, shift and scale. See the module docstring for dtypes and fallbacks.
+    x, shift and scale, in reverse and forward mode (torch.func.jvp: adaln_jvp.py). See the module
+    docstring for dtypes and fallbacks.
     """
     _check(x, shift, scale, eps, out_dtype)
     if not _use_kernel("adaln_modulate", x, shift, scale):
         h = adaln_modulate_ref(x, shift, scale, eps)
         return h if out_dtype is None else h.to(out_dtype)
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; adaln_jvp.py does
+        from .adaln_jvp import adaln_modulate_dual
+        return adaln_modulate_dual(x, shift, scale, float(eps), out_dtype)
     h, _, _ = _adaln_modulate_fwd(x, shift, scale, float(eps), out_dtype)
     return h
 
@@ -370,11 +375,15 @@ def gated_adaln(x, branch, gate, shift, scale, eps=1e-6, *, out_dtype=None):
 
     x, branch (B, T, D) contiguous; gate, shift, scale (B, D), any strides. x2 has dtype
     promote(x, gate, branch); h has `out_dtype`, or x2's dtype when None.
-    Differentiable in all five tensors.
+    Differentiable in all five tensors, in reverse and forward mode (torch.func.jvp: adaln_jvp.py).
     """
     _check(x, shift, scale, eps, out_dtype, branch, gate)
     if not _use_kernel("gated_adaln", x, branch, gate, shift, scale):
         x2, h = gated_adaln_ref(x, branch, gate, shift, scale, eps)
         return x2, (h if out_dtype is None else h.to(out_dtype))
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; adaln_jvp.py does
+        from .adaln_jvp import gated_adaln_dual
+        return gated_adaln_dual(x, branch, gate, shift, scale, float(eps), out_dtype)
     x2, h, _, _ = _gated_adaln_fwd(x, branch, gate, shift, scale, float(eps), out_dtype)
     return x2, h

@@ -544,9 +544,14 @@ def attention(q, k, v, scale=None):
 
     q, k, v (B, H, T, head_dim), any strides, one dtype (fp16 / bf16 / fp32) and device (CUDA, or CPU
     under TRITON_INTERPRET=1); head_dim a multiple of 8 in [16, 128]; scale defaults to 1/√head_dim.
-    Returns o (B, H, T, head_dim), a view of (B, T, H, head_dim) memory.
+    Returns o (B, H, T, head_dim), a view of (B, T, H, head_dim) memory. Under forward-mode AD
+    (torch.func.jvp) the tangent comes from the JVP kernel in attention_jvp.py.
     """
     scale = _check_qkv(q, k, v, scale)
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the JVP kernel (attention_jvp.py)
+        from .attention_jvp import attention_dual
+        return attention_dual(q, k, v, scale)
     return _attention_fwd_op(q, k, v, scale)[0]
 
 
@@ -555,8 +560,13 @@ def attention_qkvpacked(qkv, scale=None):
 
     Reads q, k, v in place from qkv and writes the gradient as one (B, T, 3, H, head_dim) tensor, so the
     model's qkv Linear -> attention -> proj Linear chain has no transpose or copy in either direction.
+    Forward-mode AD (torch.func.jvp) runs the JVP kernel of attention_jvp.py.
     """
     scale = _check_qkvpacked(qkv, scale)
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the JVP kernel (attention_jvp.py)
+        from .attention_jvp import attention_qkvpacked_dual
+        return attention_qkvpacked_dual(qkv, scale)
     return _attention_qkvpacked_fwd_op(qkv, scale)[0]
 
 

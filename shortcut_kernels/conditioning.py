@@ -454,8 +454,9 @@ def _check_scalars(t, k):
 def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.0):
     """Sinusoidal features of t·t_scale and k·k_scale in one launch: (2, B, dim) float32.
 
-    t (B,) float (the noise level), k (B,) integer or float (the step level), same device. Not
-    differentiable (t and k are data). CPU tensors outside the Triton interpreter run the reference.
+    t (B,) float (the noise level), k (B,) integer or float (the step level), same device. Forward-mode
+    AD in t and k (torch.func.jvp; MeanFlow differentiates along t); no backward (t and k are data). CPU
+    tensors outside the Triton interpreter run the reference.
     """
     _check_scalars(t, k)
     if not isinstance(dim, int) or dim < 1:
@@ -463,6 +464,11 @@ def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.
     if not can_launch(t.device):
         fallback("timestep_features", f"tensors on {t.device}; kernels run on CUDA, or on CPU under TRITON_INTERPRET")
         return timestep_features_ref(t, k, dim, t_scale, k_scale, max_period)
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; conditioning_jvp.py does
+        from .conditioning_jvp import timestep_features_dual
+        return timestep_features_dual(t.contiguous(), k.contiguous(), dim, float(t_scale), float(k_scale),
+                                      float(max_period))
     return _timestep_features_op(t.contiguous(), k.contiguous(), dim, float(t_scale), float(k_scale),
                                  float(max_period))
 
@@ -509,7 +515,8 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     t (B,) float noise level; k (B,) integer (or float) step level; y (B,) int64/int32 labels in [0, V);
     t_mlp, k_mlp: (w1 (D, F), b1 (D,), w2 (D, D), b2 (D,)), the embedders' Linear(F, D) and Linear(D, D);
     table (V, D). Returns (c (B, D), silu_c (B, D)), dtypes as in the module docstring; differentiable in
-    every weight, bias and the table. Same results as `embed_conditioning_ref` within the 2× rule.
+    every weight, bias and the table; forward-mode AD (torch.func.jvp) also in t and a float k
+    (conditioning_jvp.py). Same results as `embed_conditioning_ref` within the 2× rule.
     """
     _check_embed(t, k, y, t_mlp, k_mlp, table)
     w_dtype = t_mlp[0].dtype
@@ -531,6 +538,11 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     # parameters and ordinary batches).
     w1_t, b1_t, w2_t, b2_t = t_mlp
     w1_k, b1_k, w2_k, b2_k = k_mlp
+    from ._forward_ad import forward_ad_active
+    if forward_ad_active():   # torch.func.jvp / forward_ad: the custom ops have no JVP rule; conditioning_jvp.py does
+        from .conditioning_jvp import embed_conditioning_dual
+        return embed_conditioning_dual(t, k, y, t_mlp, k_mlp, table, float(t_scale), float(k_scale),
+                                       float(max_period), dtype, c_dtype, cast or c_dtype)
     a = _embed_hidden_op(t.contiguous(), k.contiguous(), w1_t, b1_t.contiguous(), w1_k, b1_k.contiguous(),
                          float(t_scale), float(k_scale), float(max_period), dtype)                # (2, B, D)
     return _embed_sum_op(a, w2_t, b2_t.contiguous(), w2_k, b2_k.contiguous(), table, y.contiguous(),
