@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shortcut_kernels import adaln_modulate_ref, adaln_projections, gated_adaln_ref, timestep_embedding_ref
+from shortcut_kernels import (adaln_modulate_ref, adaln_projections, forward_ad_active, gated_adaln_ref,
+                              timestep_embedding_ref)
 
 from .config import ModelConfig
 from .profiling import nvtx_range
@@ -83,8 +84,18 @@ def _attention(qkv, scale, backend):
     if backend == "torch":
         o = _attention_torch(q, k, v, scale)
     else:
-        o = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        o = _sdpa(q, k, v, scale)
     return o.transpose(1, 2)                                                       # (B, T, H, Dh)
+
+
+def _sdpa(q, k, v, scale):
+    """F.scaled_dot_product_attention; under forward-mode AD its math backend, the one with a JVP rule (the
+    fused CPU/flash/efficient kernels raise "not implemented" for forward AD)."""
+    if forward_ad_active():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def _attention_torch(q, k, v, scale):

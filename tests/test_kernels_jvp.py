@@ -346,6 +346,22 @@ def test_model_jvp_fused_matches_reference(official, gen, device, strict_kernels
         assert_close_rel(p_f[name].grad, p_r[name].grad, p_s[name].grad, name)
 
 
+@pytest.mark.parametrize("kernels, attention", [("torch", "sdpa"), ("torch", "auto"), ("triton", "sdpa"),
+                                                ("torch", "triton")])
+def test_model_jvp_every_backend(kernels, attention, gen, device):
+    """torch.func.jvp through ShortcutDiT equals the reference's whatever the kernels / attention backend (SDPA's
+    fused CPU and GPU kernels have no forward-AD rule: the model takes its math backend under forward AD)."""
+    fused, ref, _ = _models(gen, device)
+    model = ShortcutDiT(fused.cfg, kernels=kernels, attention=attention).to(device)
+    model.load_state_dict(fused.state_dict())
+    x, tx, t, tt, k, y = _model_inputs(2, gen, device)
+    u, du = torch.func.jvp(lambda x, t: model(x, t, k, y), (x, t), (tx, tt))
+    u_r, du_r = torch.func.jvp(lambda x, t: ref(x, t, k, y), (x, t), (tx, tt))
+    assert du_r.abs().max() > 0.1
+    torch.testing.assert_close(u, u_r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(du, du_r, rtol=1e-4, atol=1e-4)
+
+
 def test_model_forward_ad_api(gen, device, strict_kernels):
     """torch.autograd.forward_ad gives the same tangent; a gradient reaching the tangent raises."""
     fused, ref, _ = _models(gen, device)
