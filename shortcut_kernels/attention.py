@@ -31,12 +31,13 @@ These are matmul-FLOP ratios; bench/test_bench_attention.py times the split agai
 Each op is a `torch.library.custom_op` (forward and backward separately, gradient via
 `register_autograd`), so `torch.compile(fullgraph=True)` sees one opaque node and no graph break.
 """
+import functools
 import math
 import numbers
 
 import torch
 
-from ._triton import can_launch, interpreting, triton_available
+from ._triton import can_launch, cuda_arch, interpreting, launch, triton_available
 
 # Kernels are compiled for CUDA, or run by Triton's interpreter on CPU; @triton.jit picks the mode when
 # this module is imported (TRITON_INTERPRET read at decoration time), so the answer is fixed here too.
@@ -94,20 +95,7 @@ if _HAS_TRITON:
         # int64: a (256, 1024, 3·1152) bf16 qkv already spans 0.9 G elements
         return ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
 
-    # CUDA configs: compiled for sm_90 (bf16, ptxas via triton 3.9 on CPU), none of them spills registers at
-    # head_dim 64 or 72; the dkdv/dq ones that spilled (e.g. dkdv 64×64 tiles with 4 warps at hd 72, 136 B
-    # of stack) were dropped. At head_dim 128 some still spill; autotuning skips them by timing.
-    def _fwd_configs():
-        if _INTERPRETED:   # the interpreter cannot autotune over several configs (SPEC §3)
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (64, 64, 4, 3),
-                                     (64, 32, 4, 4), (32, 32, 2, 3))]
-
-    # B·H is in the key: at B = 1 a DiT-B layer has 12 heads, too few programs for 132 SMs with 128-row
-    # tiles, while at B ≥ 64 the big tiles win; one tuning per (T, head_dim, B·H, dtype).
-    @triton.autotune(configs=_fwd_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
+    @triton.jit(do_not_specialize=["BH"])
     def _attn_fwd_kernel(
         Q, K, V, O, LSE,
         sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
@@ -187,15 +175,7 @@ if _HAS_TRITON:
             delta += tl.sum(o1 * do1, 1)
         tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=mask_m)
 
-    def _dkdv_configs():
-        if _INTERPRETED:
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((32, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2),
-                                     (16, 128, 8, 3))]
-
-    @triton.autotune(configs=_dkdv_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
+    @triton.jit(do_not_specialize=["BH"])
     def _attn_bwd_dkdv_kernel(
         Q, K, V, DO, LSE, DELTA, DK, DV,
         sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
@@ -261,15 +241,7 @@ if _HAS_TRITON:
             _store_tile(dk_base, dk1 * scale, offs_n, sdk_t, sdk_d, mask_n, D0, D1, HEAD_DIM)
             _store_tile(dv_base, dv1, offs_n, sdv_t, sdv_d, mask_n, D0, D1, HEAD_DIM)
 
-    def _dq_configs():
-        if _INTERPRETED:
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 2),
-                                     (128, 64, 8, 3))]
-
-    @triton.autotune(configs=_dq_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
+    @triton.jit(do_not_specialize=["BH"])
     def _attn_bwd_dq_kernel(
         Q, K, V, DO, LSE, DELTA, DQ,
         sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
@@ -350,33 +322,104 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# Autotune candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel, per GPU family (sm_90: H100/H200;
+# sm_80: A100, and every other card below sm_90) and per operand width. Each compiles (ptxas from triton 3.6
+# and 3.9) without a register spill and within the per-block shared memory at head_dim 64 and 72, T 256:
+# tests/test_aot_compile.py compiles every entry (shortcut_kernels.aot); the register table and the configs
+# pruned for spilling are in bench/README.md ("Ahead-of-time compilation"). fp32 dots run as IEEE fp32 FMAs
+# (no tensor cores), which need smaller tiles; one list serves both families there.
+_FP32 = {
+    "fwd": ((32, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 1), (64, 32, 8, 1)),
+    "dkdv": ((32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2), (64, 32, 8, 1)),
+    "dq": ((32, 32, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 1)),
+}
+CONFIGS = {
+    ("fwd", 90, 16): ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4),
+                      (32, 32, 2, 3)),
+    # sm_80 pruned 128×128 (8 warps) and 64×64 with 4 warps: they spill at head_dim 72.
+    ("fwd", 80, 16): ((128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 4), (32, 32, 2, 3)),
+    ("dkdv", 90, 16): ((32, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (16, 128, 8, 3)),
+    # sm_80 pruned 64×64 and 32×128 (8 warps): they spill at head_dim 72.
+    ("dkdv", 80, 16): ((32, 64, 4, 3), (32, 64, 8, 3), (16, 128, 8, 3)),
+    ("dq", 90, 16): ((64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 3)),
+    # sm_80 pruned 64×32 with 4 warps: it spills at head_dim 72.
+    ("dq", 80, 16): ((64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 2), (128, 64, 8, 3)),
+    **{(kernel, arch, 32): fp32 for kernel, fp32 in _FP32.items() for arch in (90, 80)},
+}
+# The interpreter cannot autotune over several configs (SPEC §3): one, for every kernel.
+INTERPRETER_CONFIG = (32, 32, 4, 1)
+DELTA_BLOCK_M = 64
+
+
+def configs(kernel, arch, dtype):
+    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ("fwd", "dkdv", "dq") on a GPU of
+    compute capability `arch` (10·major + minor; None: the interpreter) for operands of `dtype`."""
+    if arch is None:
+        return (INTERPRETER_CONFIG,)
+    return CONFIGS[kernel, 90 if arch >= 90 else 80, 32 if dtype == torch.float32 else 16]
+
+
+@functools.lru_cache(None)
+def _tuned(kernel, arch, dtype):
+    """The autotuned launcher of `kernel` over configs(kernel, arch, dtype); one tuning per key: T, the head
+    tiling, B·H rounded up to a power of two (`_bh_bucket`; the kernels take it as BH and do not read it)
+    and the operands' dtype."""
+    fn = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}[kernel]
+    candidates = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                  for bm, bn, w, s in configs(kernel, arch, dtype)]
+    return triton.autotune(configs=candidates, key=["T", "HEAD_DIM", "D0", "BH"])(fn)
+
+
+def _bh_bucket(bh):
+    """B·H as the autotuner sees it: the next power of two, at most 1024. Small B·H (a DiT-B layer at B = 1 has
+    12 heads: too few programs for 132 SMs with 128-row tiles) wants other tiles than large B·H, but each
+    distinct value is a new tuning: the guided bootstrap batch has a random size (up to ~33 sizes at B 256) and
+    FID's last batch another. Powers of two give at most 11 tunings per shape; from 1024 heads (B ≥ 64 at
+    H = 16) even 128-row tiles at T = 256 make 2048 programs, 15 per SM of an H100, and the choice no longer
+    depends on B·H."""
+    return min(1024, 1 << max(0, bh - 1).bit_length())
+
+
+def _width(dtype):
+    # fp16 and bf16 share candidates (and Autotuner objects; their tunings are apart: the key holds the dtype).
+    return torch.float32 if dtype == torch.float32 else torch.float16
+
+
+def _arch(x):
+    """The GPU architecture whose configs a launch on x's device uses; None: the interpreter's one config.
+    Meta tensors: the architecture `_triton.recording` stands for (what the AOT compiler asks)."""
+    arch = cuda_arch(x.device)
+    return arch if not _INTERPRETED or x.device.type == "meta" else None
+
+
 def _forward(q, k, v, o, lse, scale, split=True):
     B, H, T, Dh = q.shape
     d0, d1 = _head_blocks(Dh, split)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
-    _attn_fwd_kernel[grid](
-        q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, T, B * H, scale * LOG2E,
-        HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
+    launch(_tuned("fwd", _arch(q), _width(q.dtype)), grid, q.device,
+           q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+           H, T, _bh_bucket(B * H), scale * LOG2E,
+           HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
 
 
 def _backward(do, q, k, v, o, lse, scale, dq, dk, dv, split=True):
     B, H, T, Dh = q.shape
     d0, d1 = _head_blocks(Dh, split)
+    arch, dev = _arch(q), q.device
     delta = torch.empty_like(lse)
-    _attn_bwd_delta_kernel[(triton.cdiv(T, 64) * B * H,)](
-        o, do, delta, *o.stride(), *do.stride(), H, T, HEAD_DIM=Dh, D0=d0, D1=d1, BLOCK_M=64)
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(T, DELTA_BLOCK_M) * B * H,), dev,
+           o, do, delta, *o.stride(), *do.stride(), H, T, HEAD_DIM=Dh, D0=d0, D1=d1, BLOCK_M=DELTA_BLOCK_M)
     common = dict(HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
     grid_n = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)   # noqa: E731
-    _attn_bwd_dkdv_kernel[grid_n](
-        q, k, v, do, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        H, T, B * H, scale, scale * LOG2E, **common)
+    launch(_tuned("dkdv", arch, _width(q.dtype)), grid_n, dev,
+           q, k, v, do, lse, delta, dk, dv,
+           *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+           H, T, _bh_bucket(B * H), scale, scale * LOG2E, **common)
     grid_m = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
-    _attn_bwd_dq_kernel[grid_m](
-        q, k, v, do, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        H, T, B * H, scale, scale * LOG2E, **common)
+    launch(_tuned("dq", arch, _width(q.dtype)), grid_m, dev,
+           q, k, v, do, lse, delta, dq,
+           *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+           H, T, _bh_bucket(B * H), scale, scale * LOG2E, **common)
 
 
 def _check_launchable(x, name):
