@@ -288,7 +288,12 @@ class ShortcutDiT(nn.Module):
     def attention_backend(self, x):
         if self.attention != "auto":
             return self.attention
-        return "triton" if self.uses_triton(x) else "sdpa"
+        # fp32 attention (the EMA model sampled without autocast: FID, sample grids, eval) goes to SDPA. The
+        # fp32 Triton kernel (IEEE fp32 dots, no tensor cores) has configs chosen to compile without spills,
+        # not for speed; it runs when asked for by name (attention="triton").
+        qkv_dtype = (torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
+                     else self.blocks[0].attn.qkv.weight.dtype)
+        return "triton" if self.uses_triton(x) and qkv_dtype != torch.float32 else "sdpa"
 
     def embed(self, t, k, y, silu=False):
         """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D); with silu=True, (c, SiLU(c)) for `modulations`.

@@ -301,6 +301,20 @@ def test_model_triton_attention_equals_sdpa(gen, device):
         assert_close_rel(o, r, s, name=name)
 
 
+def test_auto_attention_sends_fp32_to_sdpa(device):
+    """attention="auto" with the Triton kernels: 16-bit attention (a half model, or autocast) runs the Triton
+    kernel, fp32 attention (the EMA model sampled without autocast) runs SDPA; a named backend is kept."""
+    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)
+    model = ShortcutDiT(cfg, kernels="triton").to(device)
+    x = torch.zeros(1, 4, 8, 8, device=device)
+    assert model.attention_backend(x) == "sdpa"
+    with torch.autocast(device.type, torch.bfloat16):
+        assert model.attention_backend(x) == "triton"
+    assert model.half().attention_backend(x.half()) == "triton"
+    assert ShortcutDiT(cfg, kernels="torch").to(device).attention_backend(x.half()) == "sdpa"
+    assert ShortcutDiT(cfg, kernels="triton", attention="triton").to(device).attention_backend(x) == "triton"
+
+
 def test_compiled_fullgraph_matches_eager(gen, device):
     """Both custom ops inside torch.compile(fullgraph=True), forward and backward."""
     qkv = _fused_qkv(1, 20, 2, 32, torch.float32, gen, device)
