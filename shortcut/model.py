@@ -214,7 +214,8 @@ class ShortcutDiT(nn.Module):
     x (B, C, H, W); t (B,) float in [0, 1] (0 = noise, 1 = data); k (B,) int step level (steps = 2^k);
     y (B,) long in [0, num_classes], num_classes meaning "no label".
     kernels: "torch" (references), "triton" (fused kernels), "auto" (Triton on CUDA tensors).
-    attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are and attention runs in 16-bit, else SDPA).
+    attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are and attention
+    runs in 16-bit, else SDPA).
     """
 
     def __init__(self, cfg: ModelConfig, kernels="auto", attention="auto"):
