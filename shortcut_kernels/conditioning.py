@@ -268,8 +268,8 @@ def _config(B, N, K, dtype, arch):
     features kernel, whose fp64 cosines take 222 registers at 16×128 features, spills 1.3 kB), and fp32
     operands (IEEE FMA, no tensor cores) 32-wide K tiles with 2 stages. On sm_80 the 64-wide K tiles of
     the 32/64-row configs spill 4–16 B in the sum kernel; there 16-bit operands take 32-wide K tiles (3
-    stages) and fp32 ones 16-wide (2 stages), which spill nothing in either kernel with either compiler. No autotune: the sampler's CUDA graph captures these launches, and the interpreter runs
-    one config only.
+    stages) and fp32 ones 16-wide (2 stages), which spill nothing in either kernel with either compiler.
+    No autotune: the sampler's CUDA graph captures these launches, and the interpreter runs one config only.
     """
     bm = min(64, max(16, triton.next_power_of_2(B)))
     if interpreting():   # fewer, larger programs: the interpreter's cost is per program and per op
@@ -291,11 +291,11 @@ def _embed_hidden(t, k, w1_t, b1_t, w1_k, b1_k, t_scale, k_scale, max_period, dt
     if B:
         freq, phase = _feature_tables(F_dim, float(max_period), t.device)
         bm, bn, bk, warps, stages = _config(B, D, F_dim, dtype, cuda_arch(t.device))
-        launch(
-            _embed_hidden_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm), 2), t.device, t, k, freq, phase, w1_t, b1_t, w1_k, b1_k, a, B, D, F_dim, F_dim // 2, float(t_scale), float(k_scale),
-            w1_t.stride(0), w1_t.stride(1), w1_k.stride(0), w1_k.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps,
-            num_stages=stages)
+        launch(_embed_hidden_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm), 2), t.device,
+               t, k, freq, phase, w1_t, b1_t, w1_k, b1_k, a, B, D, F_dim, F_dim // 2, float(t_scale), float(k_scale),
+               w1_t.stride(0), w1_t.stride(1), w1_k.stride(0), w1_k.stride(1),
+               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps,
+               num_stages=stages)
     return a
 
 
@@ -314,11 +314,11 @@ def _embed_sum(a, w2_t, b2_t, w2_k, b2_k, table, y, c_dtype, s_dtype):
     s = torch.empty((B, D), dtype=s_dtype, device=a.device)
     if B:
         bm, bn, bk, warps, stages = _config(B, D, D, a.dtype, cuda_arch(a.device))
-        launch(
-            _embed_sum_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm)), a.device, a, w2_t, b2_t, w2_k, b2_k, table, y, c, s, B, D, table.shape[0],
-            w2_t.stride(0), w2_t.stride(1), w2_k.stride(0), w2_k.stride(1), table.stride(0), table.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps,
-            num_stages=stages)
+        launch(_embed_sum_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm)), a.device,
+               a, w2_t, b2_t, w2_k, b2_k, table, y, c, s, B, D, table.shape[0],
+               w2_t.stride(0), w2_t.stride(1), w2_k.stride(0), w2_k.stride(1), table.stride(0), table.stride(1),
+               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps,
+               num_stages=stages)
     return c, s
 
 
