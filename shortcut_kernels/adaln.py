@@ -156,8 +156,8 @@ def _bwd_tile(D, dh_dtype):
     would add partial-sum traffic and no concurrency. Two rows per step take 128 registers: still 2 programs,
     4 rows in flight, their loads issued together and their 4 sums in one pass through shared memory. At D 768
     (BLOCK_D 1024, 4 warps): 96 -> 128 registers, 5 -> 4 programs, 5 -> 8 rows in flight. Four rows per step
-    (245 registers at D 768/1152 with 4/8 warps, one program per SM) or more spill; so does any tile past
-    D 4096 (one row of D 8192 with 16 warps spills 204 B: the row no longer fits the register file), which
+    take 245 registers (2 programs at D 768, 1 at D 1152: no more rows in flight), eight spill; so does any
+    tile past D 4096 (one row of D 8192 with 16 warps spills 204 B: the row no longer fits the register file), which
     sets MAX_D. With an fp32 dh (fp32 training without autocast) two rows reach ptxas's 128-register mark and
     spill 8 B (triton 3.6, sm_80): one row per step there.
     """
