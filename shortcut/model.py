@@ -246,7 +246,8 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
     x (B, C, H, W); t (B,) float in [0, 1] (0 = noise, 1 = data); k (B,) int step level (steps = 2^k);
     y (B,) long in [0, num_classes], num_classes meaning "no label".
     kernels: "torch" (references), "triton" (fused kernels), "auto" (Triton on CUDA tensors).
-    attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are, else SDPA).
+    attention: "sdpa", "triton", "flash_attn", "torch", or "auto" (Triton when the kernels are and attention
+    runs in 16-bit, else SDPA).
     `guidance`: what training taught the model about classifier-free guidance (ObjectiveConfig.guidance;
     set by shortcut.train, checkpoints and from_pretrained; None: unknown), read by shortcut.sample.
     """
@@ -333,7 +334,12 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
     def attention_backend(self, x):
         if self.attention != "auto":
             return self.attention
-        return "triton" if self.uses_triton(x) else "sdpa"
+        # fp32 attention (the EMA model sampled without autocast: FID, sample grids, eval) goes to SDPA. The
+        # fp32 Triton kernel (IEEE fp32 dots, no tensor cores) has configs chosen to compile without spills,
+        # not for speed; it runs when asked for by name (attention="triton").
+        qkv_dtype = (torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
+                     else self.blocks[0].attn.qkv.weight.dtype)
+        return "triton" if self.uses_triton(x) and qkv_dtype != torch.float32 else "sdpa"
 
     def embed(self, t, k, y, silu=False):
         """c = emb_t(t) + emb_k(k) + emb_y(y): (B, D); with silu=True, (c, SiLU(c)) for `modulations`.

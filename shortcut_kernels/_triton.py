@@ -4,6 +4,7 @@ Availability and interpreter mode are read once, at import: Triton fixes its int
 decorated, and a plain module constant keeps Dynamo from re-tracing an lru_cache'd call on every compile.
 """
 import contextlib
+import functools
 import os
 
 import torch
@@ -80,3 +81,71 @@ def fallback(op, reason):
     if _STRICT:
         raise RuntimeError(f"{op}: the Triton kernel cannot run ({reason}) and strict mode forbids falling back "
                            f"to the PyTorch reference")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launching. Every kernel launch goes through `launch`: it runs under the tensors' CUDA device (with
+# `--device cuda:1` a bare `kernel[grid](...)` would launch on the current device, cuda:0), and it is the
+# one place where the ahead-of-time compiler (shortcut_kernels.aot) collects the launches the launchers make.
+class _Recording:
+    def __init__(self, arch, num_sms):
+        self.arch, self.num_sms, self.launches = arch, num_sms, []
+
+
+_RECORDING = None
+
+# Streaming multiprocessors of the GPUs the launch configurations are chosen for (H100/H200 SXM, A100).
+NUM_SMS = {90: 132, 80: 108}
+
+
+@contextlib.contextmanager
+def recording(arch):
+    """Inside, `launch` records (kernel, args, kwargs) instead of launching, and `cuda_arch` / `num_sms` answer
+    for compute capability `arch` (90 or 80) whatever the tensors' device: run the launchers on meta tensors
+    inside it to see every launch they would make on that GPU. Yields the list of launches."""
+    global _RECORDING
+    before, _RECORDING = _RECORDING, _Recording(arch, NUM_SMS.get(arch, 108))
+    try:
+        yield _RECORDING.launches
+    finally:
+        _RECORDING = before
+
+
+def launch(kernel, grid, device, *args, **kwargs):
+    """kernel[grid](*args, **kwargs) on `device` (a torch.device: the CUDA device it runs on is made current)."""
+    if _RECORDING is not None:
+        _RECORDING.launches.append((kernel, args, kwargs))
+    elif device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+def cuda_arch(device):
+    """Compute capability of `device` as 10·major + minor (90 for H100/H200, 80 for A100); None off CUDA."""
+    if _RECORDING is not None:
+        return _RECORDING.arch
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(None)
+def _capability(index):
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def num_sms(device):
+    """Streaming multiprocessors of the CUDA `device`."""
+    if _RECORDING is not None:
+        return _RECORDING.num_sms
+    device = torch.device(device)
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count

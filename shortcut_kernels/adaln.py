@@ -14,20 +14,20 @@ promote(x, gate, branch) and h has the dtype of the normalised tensor (x, or x2)
 for another (ShortcutDiT passes the autocast dtype: h only feeds Linear layers,
 which would cast it anyway, so writing bf16 saves a fp32 write and a cast kernel). float64 inputs, CPU
 tensors outside the Triton interpreter and machines without Triton run the references.
-Not supported: D > 16384 (a row lives in registers), non-contiguous x or branch (an error, not a copy).
+Not supported: D > 4096 (rows live in registers; the backward spills registers past 4096, see `_bwd_tile`),
+non-contiguous x or branch (an error, not a copy).
 
 File layout: references -> Triton kernels -> launchers (checks, allocation) -> torch custom ops with
 autograd (so torch.compile(fullgraph=True) sees one opaque node each) -> public functions.
 """
-import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ._triton import can_launch, fallback, triton_available
+from ._triton import can_launch, cuda_arch, fallback, launch, num_sms, triton_available
 
-MAX_D = 16384
+MAX_D = 4096   # the backward keeps ROWS rows of D fp32 values per tensor in registers; past 4096 it spills
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -84,49 +84,51 @@ if triton_available():
         tl.store(MEAN + row, mean)
         tl.store(RSTD + row, rstd)
 
-    @triton.jit
+    # The grid's row counts vary with B (B = 1 gives other values than B = 256) and only index: not specialised
+    # on, so one compiled kernel serves every batch size.
+    @triton.jit(do_not_specialize=["rows_per_prog", "n_chunks"])
     def _adaln_bwd_kernel(DH, DX2, XN, BRANCH, GATE, SCALE, MEAN, RSTD, DX, DBRANCH,
                           DSHIFT_P, DSCALE_P, DGATE_P,
                           T, D, rows_per_prog, n_chunks, stride_gb, stride_gd, stride_cb, stride_cd,
-                          HAS_RESIDUAL: tl.constexpr, HAS_DX2: tl.constexpr, BLOCK_D: tl.constexpr):
-        # Program (b, chunk) walks rows_per_prog tokens of sample b and keeps the per-sample sums
-        # (dshift, dscale, dgate) in fp32 registers; it writes one partial row each, summed on the host.
-        # Partials instead of atomics: deterministic, and the (B, chunks, D) buffers are ~2 % of the traffic.
+                          HAS_RESIDUAL: tl.constexpr, HAS_DX2: tl.constexpr, BLOCK_D: tl.constexpr,
+                          ROWS: tl.constexpr):
+        # Program (b, chunk) walks rows_per_prog tokens of sample b (a multiple of ROWS), ROWS at a time as one
+        # (ROWS, BLOCK_D) tile: the loads of ROWS rows are in flight together and their 2·ROWS row sums share
+        # one pass through shared memory. It keeps the per-sample sums (dshift, dscale, dgate) in fp32 registers
+        # and writes one partial row each, summed on the host. Partials instead of atomics: deterministic.
         b = tl.program_id(0).to(tl.int64)
         chunk = tl.program_id(1)
         cols = tl.arange(0, BLOCK_D)
         cmask = cols < D
-        scale = tl.load(SCALE + b * stride_cb + cols * stride_cd, mask=cmask, other=0.0).to(tl.float32)
+        scale1 = 1.0 + tl.load(SCALE + b * stride_cb + cols * stride_cd, mask=cmask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             g = tl.load(GATE + b * stride_gb + cols * stride_gd, mask=cmask, other=0.0).to(tl.float32)
         acc_shift = tl.zeros([BLOCK_D], dtype=tl.float32)
         acc_scale = tl.zeros([BLOCK_D], dtype=tl.float32)
         acc_gate = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for i in range(0, rows_per_prog):
-            t = chunk * rows_per_prog + i
-            mask = cmask & (tl.zeros([BLOCK_D], dtype=tl.int32) + t < T)
+        for i in range(0, rows_per_prog, ROWS):
+            t = chunk * rows_per_prog + i + tl.arange(0, ROWS)
+            rmask = t < T                          # a partial last chunk: rows past T read and write nothing
             row = b * T + t
-            off = row * D + cols
+            mask = rmask[:, None] & cmask[None, :]
+            off = row[:, None] * D + cols[None, :]
+            mean = tl.load(MEAN + row, mask=rmask, other=0.0)
+            rstd = tl.load(RSTD + row, mask=rmask, other=0.0)
             xn = tl.load(XN + off, mask=mask, other=0.0).to(tl.float32)
-            # Past the last token (a partial chunk) the statistics are read from the last row; the
-            # masks zero every contribution of such rows.
-            last = b * T + tl.minimum(t, T - 1)
-            mean = tl.load(MEAN + last)
-            rstd = tl.load(RSTD + last)
-            xhat = tl.where(mask, (xn - mean) * rstd, 0.0)
             dh = tl.load(DH + off, mask=mask, other=0.0).to(tl.float32)
-            dxhat = dh * (1.0 + scale)
-            c1 = tl.sum(dxhat * xhat, axis=0) / D
-            c2 = tl.sum(dxhat, axis=0) / D
-            dx = (dxhat - (xhat * c1 + c2)) * rstd
-            acc_shift += dh
-            acc_scale += dh * xhat
+            xhat = tl.where(mask, (xn - mean[:, None]) * rstd[:, None], 0.0)
+            dxhat = dh * scale1[None, :]
+            c1 = tl.sum(dxhat * xhat, axis=1) / D
+            c2 = tl.sum(dxhat, axis=1) / D
+            dx = (dxhat - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+            acc_shift += tl.sum(dh, axis=0)
+            acc_scale += tl.sum(dh * xhat, axis=0)
             if HAS_RESIDUAL:
                 if HAS_DX2:
                     dx += tl.load(DX2 + off, mask=mask, other=0.0).to(tl.float32)
                 br = tl.load(BRANCH + off, mask=mask, other=0.0).to(tl.float32)
-                tl.store(DBRANCH + off, (g * dx).to(DBRANCH.dtype.element_ty), mask=mask)
-                acc_gate += dx * br
+                tl.store(DBRANCH + off, (g[None, :] * dx).to(DBRANCH.dtype.element_ty), mask=mask)
+                acc_gate += tl.sum(dx * br, axis=0)
             tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=mask)
         poff = (b * n_chunks + chunk) * D + cols
         tl.store(DSHIFT_P + poff, acc_shift, mask=cmask)
@@ -140,20 +142,39 @@ if triton_available():
 def _block_and_warps(D):
     block = triton.next_power_of_2(D)
     # 8 warps from 2048 columns (DiT-XL's 1152 pads to 2048): fewer leave each thread 16+ fp32 per tensor.
-    return block, (8 if block >= 2048 else 4 if block >= 512 else 2)
+    # 16 at 4096: with 8, fp32 rows spill 4 B (ptxas of triton 3.6, sm_90).
+    return block, (16 if block >= 4096 else 8 if block >= 2048 else 4 if block >= 512 else 2)
 
 
-@functools.lru_cache(None)
-def _num_sms(device):
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def _bwd_tile(D, dh_dtype):
+    """(BLOCK_D, num_warps, ROWS) of the backward: a (ROWS, BLOCK_D) tile of rows per loop step.
+
+    Why tiles of rows, from ptxas reports (no GPU timing yet; gated_adaln under autocast, the heaviest
+    variant, sm_90 and sm_80 alike): the programs an SM holds at once are capped by its 64 K registers, not by
+    the grid. At D 1152 (BLOCK_D 2048, 8 warps) one row per step takes 98 registers a thread: 2 programs per SM,
+    2 rows in flight, each step a chain load -> 2 block-wide sums -> store; more programs with fewer rows each
+    would add partial-sum traffic and no concurrency. Two rows per step take 128 registers: still 2 programs,
+    4 rows in flight, their loads issued together and their 4 sums in one pass through shared memory. At D 768
+    (BLOCK_D 1024, 4 warps): 96 -> 128 registers, 5 -> 4 programs, 5 -> 8 rows in flight. Four rows per step
+    take 245 registers (2 programs at D 768, 1 at D 1152: no more rows in flight), eight spill; so does any
+    tile past D 4096 (one row of D 8192 with 16 warps spills 204 B: the row no longer fits the register file), which
+    sets MAX_D. With an fp32 dh (fp32 training without autocast) two rows reach ptxas's 128-register mark and
+    spill 8 B (triton 3.6, sm_80): one row per step there.
+    """
+    block = triton.next_power_of_2(D)
+    rows = 2 if block <= 2048 and dh_dtype.itemsize <= 2 else 1
+    return block, min(16, max(2, block // 256)), rows
 
 
-def _bwd_chunks(B, T, device):
-    """How many programs share one sample's tokens in the backward: enough programs to fill the GPU
-    (~8 per SM) while each still walks several rows, so the per-sample partial sums stay small."""
+def _bwd_grid(B, T, rows, device):
+    """(rows_per_prog, chunks): programs (b, chunk) for chunk < chunks each walk rows_per_prog tokens, a multiple
+    of `rows` (the tile height). Enough programs to fill the GPU (~8 per SM) while each still walks several
+    tiles, so the per-sample partial sums stay small."""
     # On CPU (the interpreter) 2 programs per sample: enough to exercise the partial sums in tests.
-    target = 8 * _num_sms(device) if device.type == "cuda" else 2 * B
-    return max(1, min(T, triton.cdiv(target, B)))
+    target = 8 * num_sms(device) if cuda_arch(device) is not None else 2 * B
+    chunks = max(1, min(triton.cdiv(T, rows), triton.cdiv(target, B)))
+    per_prog = triton.cdiv(triton.cdiv(T, chunks), rows) * rows
+    return per_prog, triton.cdiv(T, per_prog)
 
 
 def _out_dtypes(x, branch, gate, shift, scale, out_dtype):
@@ -173,10 +194,10 @@ def _adaln_fwd(x, branch, gate, shift, scale, eps, out_dtype):
     if B * T:
         block, warps = _block_and_warps(D)
         g = gate if residual else shift   # unused stand-in pointer when there is no residual
-        _adaln_fwd_kernel[(B * T,)](
-            x, branch if residual else x, g, shift, scale, x2 if residual else h, h, mean, rstd,
-            T, D, g.stride(0), g.stride(1), shift.stride(0), shift.stride(1), scale.stride(0), scale.stride(1),
-            eps, HAS_RESIDUAL=residual, BLOCK_D=block, num_warps=warps)
+        launch(_adaln_fwd_kernel, (B * T,), x.device,
+               x, branch if residual else x, g, shift, scale, x2 if residual else h, h, mean, rstd,
+               T, D, g.stride(0), g.stride(1), shift.stride(0), shift.stride(1), scale.stride(0), scale.stride(1),
+               eps, HAS_RESIDUAL=residual, BLOCK_D=block, num_warps=warps)
     return x2, h, mean, rstd
 
 
@@ -189,18 +210,16 @@ def _adaln_bwd(dh, dx2, xn, branch, gate, scale, mean, rstd, x_dtype, shift_dtyp
     dx2 = dx2.contiguous() if dx2 is not None else None
     dx = torch.empty(xn.shape, dtype=x_dtype, device=dev)
     dbranch = torch.empty_like(branch) if residual else None
-    chunks = _bwd_chunks(B, T, dev) if B * T else 1
-    rows = triton.cdiv(T, chunks) if T else 0
-    chunks = triton.cdiv(T, rows) if rows else 1       # no program without rows
+    block, warps, tile_rows = _bwd_tile(D, dh.dtype)
+    rows, chunks = _bwd_grid(B, T, tile_rows, dev) if B * T else (0, 1)
     parts = torch.empty((3 if residual else 2, B, chunks, D), dtype=torch.float32, device=dev)
     if B * T:
-        block, warps = _block_and_warps(D)
         g = gate if residual else scale
-        _adaln_bwd_kernel[(B, chunks)](
-            dh, dx2 if dx2 is not None else dh, xn, branch if residual else xn, g, scale, mean, rstd,
-            dx, dbranch if residual else dx, parts[0], parts[1], parts[-1],
-            T, D, rows, chunks, g.stride(0), g.stride(1), scale.stride(0), scale.stride(1),
-            HAS_RESIDUAL=residual, HAS_DX2=dx2 is not None, BLOCK_D=block, num_warps=warps)
+        launch(_adaln_bwd_kernel, (B, chunks), dev,
+               dh, dx2 if dx2 is not None else dh, xn, branch if residual else xn, g, scale, mean, rstd,
+               dx, dbranch if residual else dx, parts[0], parts[1], parts[-1],
+               T, D, rows, chunks, g.stride(0), g.stride(1), scale.stride(0), scale.stride(1),
+               HAS_RESIDUAL=residual, HAS_DX2=dx2 is not None, BLOCK_D=block, ROWS=tile_rows, num_warps=warps)
     else:
         parts.zero_()
     # Separate sums: returned gradients must not be views of one buffer (custom-op aliasing rule).
@@ -332,7 +351,8 @@ def _check(x, shift, scale, eps, out_dtype, branch=None, gate=None):
             raise ValueError(f"{name} must have shape (B, D) = ({B}, {D}) (one vector per sample, broadcast over "
                              f"the {T} tokens), got {tuple(v.shape)}")
     if D > MAX_D:
-        raise ValueError(f"x has D = {D} features; the kernel keeps a row in registers and supports D <= {MAX_D}")
+        raise ValueError(f"x has D = {D} features; the kernels keep rows in registers and support D <= {MAX_D} "
+                         f"(wider rows spill registers in the backward)")
     if out_dtype is not None and out_dtype not in KERNEL_DTYPES + (torch.float64,):
         raise TypeError(f"out_dtype must be None or a floating-point dtype, got {out_dtype}")
     if not eps > 0:

@@ -29,14 +29,16 @@ These are matmul-FLOP ratios; bench/test_bench_attention.py times the split agai
 (provider "triton_pad128") on a GPU.
 
 Each op is a `torch.library.custom_op` (forward and backward separately, gradient via
-`register_autograd`), so `torch.compile(fullgraph=True)` sees one opaque node and no graph break.
+`register_autograd`), so `torch.compile(fullgraph=True)` sees one opaque node and no graph break. The
+Triton kernels are in attention_kernels.py; here: reference, launch configurations, launchers, custom ops.
 """
+import functools
 import math
 import numbers
 
 import torch
 
-from ._triton import can_launch, interpreting, triton_available
+from ._triton import can_launch, cuda_arch, interpreting, launch, triton_available
 
 # Kernels are compiled for CUDA, or run by Triton's interpreter on CPU; @triton.jit picks the mode when
 # this module is imported (TRITON_INTERPRET read at decoration time), so the answer is fixed here too.
@@ -44,7 +46,6 @@ _INTERPRETED = interpreting()
 _HAS_TRITON = triton_available()
 if _HAS_TRITON:
     import triton
-    import triton.language as tl
 
 LOG2E = math.log2(math.e)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -61,271 +62,9 @@ def attention_ref(q, k, v, scale=None, upcast=True):
     return (p @ v).to(dtype)                                             # (B, H, T, Dh)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Triton kernels. Every program handles one tile of rows (queries, or keys in dk/dv) of one (batch,
-# head); programs of the same head are adjacent in the 1-D grid so they share K/V in L2, and a 1-D grid
-# has no 65,535 limit on B·H. The head dim is two tiles, [0, D0) unmasked and [D0, D0 + D1) masked to
-# HEAD_DIM (D1 = 0: one tile). Scores live in base 2: qk_scale = scale·log2(e), so exp2 replaces exp.
-# ----------------------------------------------------------------------------------------------------
 if _HAS_TRITON:
-
-    @triton.jit
-    def _load_tile(base, offs_r, stride_r, stride_d, mask_r, D_START: tl.constexpr, D_SIZE: tl.constexpr,
-                   HEAD_DIM: tl.constexpr):
-        """(rows, D_SIZE) tile of columns [D_START, D_START + D_SIZE); out-of-range rows/columns read 0."""
-        offs_d = D_START + tl.arange(0, D_SIZE)
-        mask = mask_r[:, None]
-        if D_START + D_SIZE > HEAD_DIM:
-            mask = mask & (offs_d[None, :] < HEAD_DIM)
-        return tl.load(base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d, mask=mask, other=0.0)
-
-    @triton.jit
-    def _store_tile(base, x, offs_r, stride_r, stride_d, mask_r, D_START: tl.constexpr, D_SIZE: tl.constexpr,
-                    HEAD_DIM: tl.constexpr):
-        offs_d = D_START + tl.arange(0, D_SIZE)
-        mask = mask_r[:, None]
-        if D_START + D_SIZE > HEAD_DIM:
-            mask = mask & (offs_d[None, :] < HEAD_DIM)
-        tl.store(base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d,
-                 x.to(base.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _head_offset(ptr, b, h, stride_b, stride_h):
-        # int64: a (256, 1024, 3·1152) bf16 qkv already spans 0.9 G elements
-        return ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
-
-    # CUDA configs: compiled for sm_90 (bf16, ptxas via triton 3.9 on CPU), none of them spills registers at
-    # head_dim 64 or 72; the dkdv/dq ones that spilled (e.g. dkdv 64×64 tiles with 4 warps at hd 72, 136 B
-    # of stack) were dropped. At head_dim 128 some still spill; autotuning skips them by timing.
-    def _fwd_configs():
-        if _INTERPRETED:   # the interpreter cannot autotune over several configs (SPEC §3)
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (64, 64, 4, 3),
-                                     (64, 32, 4, 4), (32, 32, 2, 3))]
-
-    # B·H is in the key: at B = 1 a DiT-B layer has 12 heads, too few programs for 132 SMs with 128-row
-    # tiles, while at B ≥ 64 the big tiles win; one tuning per (T, head_dim, B·H, dtype).
-    @triton.autotune(configs=_fwd_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
-    def _attn_fwd_kernel(
-        Q, K, V, O, LSE,
-        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
-        H, T, BH, qk_scale,
-        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(T, BLOCK_M)
-        bh, pid_m = pid // num_m, pid % num_m
-        b, h = bh // H, bh % H
-        q_base = _head_offset(Q, b, h, sq_b, sq_h)
-        k_base = _head_offset(K, b, h, sk_b, sk_h)
-        v_base = _head_offset(V, b, h, sv_b, sv_h)
-        o_base = _head_offset(O, b, h, so_b, so_h)
-
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < T
-        q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)            # (BM, D0)
-        acc0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)
-        if D1 > 0:
-            q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)       # (BM, D1)
-            acc1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
-        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)                      # running max
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                                    # running sum
-
-        for start_n in range(0, T, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < T
-            k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
-            s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                 # (BM, BN)
-            if D1 > 0:
-                k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
-                s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
-            s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)                                                # rescales old sums
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
-            acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PRECISION)
-            if D1 > 0:
-                v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
-                acc1 = acc1 * alpha[:, None] + tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PRECISION)
-            m_i = m_new
-
-        inv_l = 1.0 / l_i
-        _store_tile(o_base, acc0 * inv_l[:, None], offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM)
-        if D1 > 0:
-            _store_tile(o_base, acc1 * inv_l[:, None], offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM)
-        # LSE in base 2 (= log2(e)·logsumexp(scale·q·kᵀ)): the backward subtracts it from base-2 scores as
-        # they are; a round trip through natural log costs ~1e-5 relative in p once |scores| ~ 200.
-        tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.log2(l_i), mask=mask_m)
-
-    @triton.jit
-    def _attn_bwd_delta_kernel(
-        O, DO, DELTA,
-        so_b, so_h, so_t, so_d, sdo_b, sdo_h, sdo_t, sdo_d,
-        H, T,
-        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr,
-    ):
-        """delta = rowsum(o·do) in fp32: the softmax-backward term shared by dq and dk."""
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(T, BLOCK_M)
-        bh, pid_m = pid // num_m, pid % num_m
-        b, h = bh // H, bh % H
-        o_base = _head_offset(O, b, h, so_b, so_h)
-        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < T
-        o0 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM).to(tl.float32)
-        do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM).to(tl.float32)
-        delta = tl.sum(o0 * do0, 1)
-        if D1 > 0:
-            o1 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM).to(tl.float32)
-            do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM).to(tl.float32)
-            delta += tl.sum(o1 * do1, 1)
-        tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=mask_m)
-
-    def _dkdv_configs():
-        if _INTERPRETED:
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((32, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2),
-                                     (16, 128, 8, 3))]
-
-    @triton.autotune(configs=_dkdv_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
-    def _attn_bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV,
-        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-        sdo_b, sdo_h, sdo_t, sdo_d, sdk_b, sdk_h, sdk_t, sdk_d, sdv_b, sdv_h, sdv_t, sdv_d,
-        H, T, BH, scale, qk_scale,
-        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        """One tile of BLOCK_N keys: dv = Pᵀ·dO and dk = scale·dSᵀ·Q, summed over all query tiles.
-
-        Works on transposed scores (keys × queries) so both sums are plain dots with the key tile as rows.
-        """
-        pid = tl.program_id(0)
-        num_n = tl.cdiv(T, BLOCK_N)
-        bh, pid_n = pid // num_n, pid % num_n
-        b, h = bh // H, bh % H
-        q_base = _head_offset(Q, b, h, sq_b, sq_h)
-        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
-        k_base = _head_offset(K, b, h, sk_b, sk_h)
-        v_base = _head_offset(V, b, h, sv_b, sv_h)
-        row_base = bh.to(tl.int64) * T
-
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < T
-        k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)            # (BN, D0)
-        v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)
-        dk0 = tl.zeros((BLOCK_N, D0), dtype=tl.float32)
-        dv0 = tl.zeros((BLOCK_N, D0), dtype=tl.float32)
-        if D1 > 0:
-            k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
-            v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
-            dk1 = tl.zeros((BLOCK_N, D1), dtype=tl.float32)
-            dv1 = tl.zeros((BLOCK_N, D1), dtype=tl.float32)
-
-        for start_m in range(0, T, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            mask_m = offs_m < T
-            q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)        # (BM, D0)
-            do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM)
-            lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0)
-            delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
-            st = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                # (BN, BM)
-            dpt = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)              # (dO·Vᵀ)ᵀ
-            if D1 > 0:
-                q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)
-                do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
-                st += tl.dot(k1, tl.trans(q1), input_precision=DOT_PRECISION)
-                dpt += tl.dot(v1, tl.trans(do1), input_precision=DOT_PRECISION)
-            # Padded query rows need no mask: q = do = lse = delta = 0 there, so pt = 1 meets do = q = 0.
-            pt = tl.exp2(st * qk_scale - lse2[None, :])                                 # Pᵀ, recomputed
-            dst = pt * (dpt - delta[None, :])                                           # dSᵀ
-            dv0 += tl.dot(pt.to(do0.dtype), do0, input_precision=DOT_PRECISION)
-            dk0 += tl.dot(dst.to(q0.dtype), q0, input_precision=DOT_PRECISION)
-            if D1 > 0:
-                dv1 += tl.dot(pt.to(do1.dtype), do1, input_precision=DOT_PRECISION)
-                dk1 += tl.dot(dst.to(q1.dtype), q1, input_precision=DOT_PRECISION)
-
-        dk_base = _head_offset(DK, b, h, sdk_b, sdk_h)
-        dv_base = _head_offset(DV, b, h, sdv_b, sdv_h)
-        _store_tile(dk_base, dk0 * scale, offs_n, sdk_t, sdk_d, mask_n, 0, D0, HEAD_DIM)
-        _store_tile(dv_base, dv0, offs_n, sdv_t, sdv_d, mask_n, 0, D0, HEAD_DIM)
-        if D1 > 0:
-            _store_tile(dk_base, dk1 * scale, offs_n, sdk_t, sdk_d, mask_n, D0, D1, HEAD_DIM)
-            _store_tile(dv_base, dv1, offs_n, sdv_t, sdv_d, mask_n, D0, D1, HEAD_DIM)
-
-    def _dq_configs():
-        if _INTERPRETED:
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 2),
-                                     (128, 64, 8, 3))]
-
-    @triton.autotune(configs=_dq_configs(), key=["T", "HEAD_DIM", "D0", "BH"])
-    @triton.jit
-    def _attn_bwd_dq_kernel(
-        Q, K, V, DO, LSE, DELTA, DQ,
-        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-        sdo_b, sdo_h, sdo_t, sdo_d, sdq_b, sdq_h, sdq_t, sdq_d,
-        H, T, BH, scale, qk_scale,
-        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        """One tile of BLOCK_M queries: dq = scale·dS·K summed over all key tiles (no atomics)."""
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(T, BLOCK_M)
-        bh, pid_m = pid // num_m, pid % num_m
-        b, h = bh // H, bh % H
-        q_base = _head_offset(Q, b, h, sq_b, sq_h)
-        do_base = _head_offset(DO, b, h, sdo_b, sdo_h)
-        k_base = _head_offset(K, b, h, sk_b, sk_h)
-        v_base = _head_offset(V, b, h, sv_b, sv_h)
-        row_base = bh.to(tl.int64) * T
-
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < T
-        q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)            # (BM, D0)
-        do0 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, 0, D0, HEAD_DIM)
-        dq0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)
-        if D1 > 0:
-            q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)
-            do1 = _load_tile(do_base, offs_m, sdo_t, sdo_d, mask_m, D0, D1, HEAD_DIM)
-            dq1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
-        lse2 = tl.load(LSE + row_base + offs_m, mask=mask_m, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=mask_m, other=0.0)
-
-        for start_n in range(0, T, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < T
-            k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)        # (BN, D0)
-            v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)
-            s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                 # (BM, BN)
-            dp = tl.dot(do0, tl.trans(v0), input_precision=DOT_PRECISION)
-            if D1 > 0:
-                k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
-                v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
-                s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
-                dp += tl.dot(do1, tl.trans(v1), input_precision=DOT_PRECISION)
-            p = tl.exp2(s * qk_scale - lse2[:, None])
-            # Padded keys read k = v = 0, so p = exp2(-lse2): inf once every real score is below ~-88
-            # (inf·0 = NaN in ds·k). Zero them.
-            p = tl.where(mask_n[None, :], p, 0.0)
-            ds = p * (dp - delta[:, None])
-            dq0 += tl.dot(ds.to(k0.dtype), k0, input_precision=DOT_PRECISION)
-            if D1 > 0:
-                dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=DOT_PRECISION)
-
-        dq_base = _head_offset(DQ, b, h, sdq_b, sdq_h)
-        _store_tile(dq_base, dq0 * scale, offs_m, sdq_t, sdq_d, mask_m, 0, D0, HEAD_DIM)
-        if D1 > 0:
-            _store_tile(dq_base, dq1 * scale, offs_m, sdq_t, sdq_d, mask_m, D0, D1, HEAD_DIM)
+    from .attention_kernels import (_attn_bwd_delta_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel,
+                                    _attn_fwd_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,33 +89,104 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# Autotune candidates, (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel, per GPU family (sm_90: H100/H200;
+# sm_80: A100, and every other card below sm_90) and per operand width. Each compiles (ptxas from triton 3.6
+# and 3.9) without a register spill and within the per-block shared memory at head_dim 64 and 72, T 256:
+# tests/test_aot_compile.py compiles every entry (shortcut_kernels.aot); the register table and the configs
+# pruned for spilling are in bench/README.md ("Ahead-of-time compilation"). fp32 dots run as IEEE fp32 FMAs
+# (no tensor cores), which need smaller tiles; one list serves both families there.
+_FP32 = {
+    "fwd": ((32, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 1), (64, 32, 8, 1)),
+    "dkdv": ((32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2), (64, 32, 8, 1)),
+    "dq": ((32, 32, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 1)),
+}
+CONFIGS = {
+    ("fwd", 90, 16): ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4),
+                      (32, 32, 2, 3)),
+    # sm_80 pruned 128×128 (8 warps) and 64×64 with 4 warps: they spill at head_dim 72.
+    ("fwd", 80, 16): ((128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 4, 4), (32, 32, 2, 3)),
+    ("dkdv", 90, 16): ((32, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (16, 128, 8, 3)),
+    # sm_80 pruned 64×64 and 32×128 (8 warps): they spill at head_dim 72.
+    ("dkdv", 80, 16): ((32, 64, 4, 3), (32, 64, 8, 3), (16, 128, 8, 3)),
+    ("dq", 90, 16): ((64, 64, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 3)),
+    # sm_80 pruned 64×32 with 4 warps: it spills at head_dim 72.
+    ("dq", 80, 16): ((64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 2), (128, 64, 8, 3)),
+    **{(kernel, arch, 32): fp32 for kernel, fp32 in _FP32.items() for arch in (90, 80)},
+}
+# The interpreter cannot autotune over several configs (SPEC §3): one, for every kernel.
+INTERPRETER_CONFIG = (32, 32, 4, 1)
+DELTA_BLOCK_M = 64
+
+
+def configs(kernel, arch, dtype):
+    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ("fwd", "dkdv", "dq") on a GPU of
+    compute capability `arch` (10·major + minor; None: the interpreter) for operands of `dtype`."""
+    if arch is None:
+        return (INTERPRETER_CONFIG,)
+    return CONFIGS[kernel, 90 if arch >= 90 else 80, 32 if dtype == torch.float32 else 16]
+
+
+@functools.lru_cache(None)
+def _tuned(kernel, arch, dtype):
+    """The autotuned launcher of `kernel` over configs(kernel, arch, dtype); one tuning per key: T, the head
+    tiling, B·H rounded up to a power of two (`_bh_bucket`; the kernels take it as BH and do not read it)
+    and the operands' dtype."""
+    fn = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}[kernel]
+    candidates = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                  for bm, bn, w, s in configs(kernel, arch, dtype)]
+    return triton.autotune(configs=candidates, key=["T", "HEAD_DIM", "D0", "BH"])(fn)
+
+
+def _bh_bucket(bh):
+    """B·H as the autotuner sees it: the next power of two, at most 1024. Small B·H (a DiT-B layer at B = 1 has
+    12 heads: too few programs for 132 SMs with 128-row tiles) wants other tiles than large B·H, but each
+    distinct value is a new tuning: the guided bootstrap batch has a random size (up to ~33 sizes at B 256) and
+    FID's last batch another. Powers of two give at most 11 tunings per shape; from 1024 heads (B ≥ 64 at
+    H = 16) even 128-row tiles at T = 256 make 2048 programs, 15 per SM of an H100, and the choice no longer
+    depends on B·H."""
+    return min(1024, 1 << max(0, bh - 1).bit_length())
+
+
+def _width(dtype):
+    # fp16 and bf16 share candidates (and Autotuner objects; their tunings are apart: the key holds the dtype).
+    return torch.float32 if dtype == torch.float32 else torch.float16
+
+
+def _arch(x):
+    """The GPU architecture whose configs a launch on x's device uses; None: the interpreter's one config.
+    Meta tensors: the architecture `_triton.recording` stands for (what the AOT compiler asks)."""
+    arch = cuda_arch(x.device)
+    return arch if not _INTERPRETED or x.device.type == "meta" else None
+
+
 def _forward(q, k, v, o, lse, scale, split=True):
     B, H, T, Dh = q.shape
     d0, d1 = _head_blocks(Dh, split)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
-    _attn_fwd_kernel[grid](
-        q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, T, B * H, scale * LOG2E,
-        HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
+    launch(_tuned("fwd", _arch(q), _width(q.dtype)), grid, q.device,
+           q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+           H, T, _bh_bucket(B * H), scale * LOG2E,
+           HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
 
 
 def _backward(do, q, k, v, o, lse, scale, dq, dk, dv, split=True):
     B, H, T, Dh = q.shape
     d0, d1 = _head_blocks(Dh, split)
+    arch, dev = _arch(q), q.device
     delta = torch.empty_like(lse)
-    _attn_bwd_delta_kernel[(triton.cdiv(T, 64) * B * H,)](
-        o, do, delta, *o.stride(), *do.stride(), H, T, HEAD_DIM=Dh, D0=d0, D1=d1, BLOCK_M=64)
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(T, DELTA_BLOCK_M) * B * H,), dev,
+           o, do, delta, *o.stride(), *do.stride(), H, T, HEAD_DIM=Dh, D0=d0, D1=d1, BLOCK_M=DELTA_BLOCK_M)
     common = dict(HEAD_DIM=Dh, D0=d0, D1=d1, DOT_PRECISION=_dot_precision(q.dtype))
     grid_n = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)   # noqa: E731
-    _attn_bwd_dkdv_kernel[grid_n](
-        q, k, v, do, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        H, T, B * H, scale, scale * LOG2E, **common)
+    launch(_tuned("dkdv", arch, _width(q.dtype)), grid_n, dev,
+           q, k, v, do, lse, delta, dk, dv,
+           *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+           H, T, _bh_bucket(B * H), scale, scale * LOG2E, **common)
     grid_m = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
-    _attn_bwd_dq_kernel[grid_m](
-        q, k, v, do, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        H, T, B * H, scale, scale * LOG2E, **common)
+    launch(_tuned("dq", arch, _width(q.dtype)), grid_m, dev,
+           q, k, v, do, lse, delta, dq,
+           *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+           H, T, _bh_bucket(B * H), scale, scale * LOG2E, **common)
 
 
 def _check_launchable(x, name):

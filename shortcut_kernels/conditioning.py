@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._triton import can_launch, fallback, interpreting, triton_available
+from ._triton import can_launch, cuda_arch, fallback, interpreting, launch, triton_available
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -247,8 +247,8 @@ def _timestep_features(t, k, dim, t_scale, k_scale, max_period):
     if B:
         freqs = _frequencies(half, float(max_period), t.device)
         block = triton.next_power_of_2(max(half, 1))
-        _timestep_features_kernel[(B, 2)](t, k, freqs, out, B, float(t_scale), float(k_scale), half, dim,
-                                          BLOCK=block, num_warps=1 if block <= 128 else 2)
+        launch(_timestep_features_kernel, (B, 2), t.device, t, k, freqs, out, B, float(t_scale), float(k_scale),
+               half, dim, BLOCK=block, num_warps=1 if block <= 128 else 2)
     return out
 
 
@@ -257,16 +257,19 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _config(B, N, K, dtype):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a (B, K) @ (K, N) product with a small B.
+def _config(B, N, K, dtype, arch):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a (B, K) @ (K, N) product with a small B, on a GPU
+    of compute capability `arch` (10·major + minor).
 
     tl.dot needs tiles of at least 16. At small B the weight stream is the cost: 16-column output tiles
     give D/16 programs per product (72 at D = 1152) to share the HBM read, with 128-wide K tiles in
-    16-bit (256 contiguous bytes per weight row). Register reports (sm_90, ptxas, triton 3.9; no GPU
+    16-bit (256 contiguous bytes per weight row). Register reports (ptxas, triton 3.6 and 3.9; no GPU
     timing yet) chose the rest: no spills in any of these; 64×64×64 tiles need 8 warps (with 4, the
     features kernel, whose fp64 cosines take 222 registers at 16×128 features, spills 1.3 kB), and fp32
-    operands (IEEE FMA, no tensor cores) 32-wide K tiles with 2 stages. No autotune: the sampler's CUDA
-    graph captures these launches, and the interpreter runs one config only.
+    operands (IEEE FMA, no tensor cores) 32-wide K tiles with 2 stages. On sm_80 the 64-wide K tiles of
+    the 32/64-row configs spill 4–16 B in the sum kernel; there 16-bit operands take 32-wide K tiles (3
+    stages) and fp32 ones 16-wide (2 stages), which spill nothing in either kernel with either compiler.
+    No autotune: the sampler's CUDA graph captures these launches, and the interpreter runs one config only.
     """
     bm = min(64, max(16, triton.next_power_of_2(B)))
     if interpreting():   # fewer, larger programs: the interpreter's cost is per program and per op
@@ -274,6 +277,8 @@ def _config(B, N, K, dtype):
     fp32 = dtype == torch.float32
     if bm == 16:
         bn, bk, warps, stages = 16, 64 if fp32 else 128, 4, 3
+    elif arch < 90:
+        bn, bk, warps, stages = 64, 16 if fp32 else 32, 8, 2 if fp32 else 3
     else:
         bn, bk, warps, stages = 64, 32 if fp32 else 64, 8, 2 if fp32 else 3
     return bm, bn, min(bk, max(16, triton.next_power_of_2(K))), warps, stages
@@ -285,12 +290,12 @@ def _embed_hidden(t, k, w1_t, b1_t, w1_k, b1_k, t_scale, k_scale, max_period, dt
     a = torch.empty((2, B, D), dtype=dtype, device=t.device)
     if B:
         freq, phase = _feature_tables(F_dim, float(max_period), t.device)
-        bm, bn, bk, warps, stages = _config(B, D, F_dim, dtype)
-        _embed_hidden_kernel[(triton.cdiv(D, bn), triton.cdiv(B, bm), 2)](
-            t, k, freq, phase, w1_t, b1_t, w1_k, b1_k, a, B, D, F_dim, F_dim // 2, float(t_scale), float(k_scale),
-            w1_t.stride(0), w1_t.stride(1), w1_k.stride(0), w1_k.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps,
-            num_stages=stages)
+        bm, bn, bk, warps, stages = _config(B, D, F_dim, dtype, cuda_arch(t.device))
+        launch(_embed_hidden_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm), 2), t.device,
+               t, k, freq, phase, w1_t, b1_t, w1_k, b1_k, a, B, D, F_dim, F_dim // 2, float(t_scale), float(k_scale),
+               w1_t.stride(0), w1_t.stride(1), w1_k.stride(0), w1_k.stride(1),
+               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(dtype), num_warps=warps,
+               num_stages=stages)
     return a
 
 
@@ -308,12 +313,12 @@ def _embed_sum(a, w2_t, b2_t, w2_k, b2_k, table, y, c_dtype, s_dtype):
     c = torch.empty((B, D), dtype=c_dtype, device=a.device)
     s = torch.empty((B, D), dtype=s_dtype, device=a.device)
     if B:
-        bm, bn, bk, warps, stages = _config(B, D, D, a.dtype)
-        _embed_sum_kernel[(triton.cdiv(D, bn), triton.cdiv(B, bm))](
-            a, w2_t, b2_t, w2_k, b2_k, table, y, c, s, B, D, table.shape[0],
-            w2_t.stride(0), w2_t.stride(1), w2_k.stride(0), w2_k.stride(1), table.stride(0), table.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps,
-            num_stages=stages)
+        bm, bn, bk, warps, stages = _config(B, D, D, a.dtype, cuda_arch(a.device))
+        launch(_embed_sum_kernel, (triton.cdiv(D, bn), triton.cdiv(B, bm)), a.device,
+               a, w2_t, b2_t, w2_k, b2_k, table, y, c, s, B, D, table.shape[0],
+               w2_t.stride(0), w2_t.stride(1), w2_k.stride(0), w2_k.stride(1), table.stride(0), table.stride(1),
+               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=_dot_precision(a.dtype), num_warps=warps,
+               num_stages=stages)
     return c, s
 
 

@@ -1,26 +1,32 @@
 """Flash-attention kernels (shortcut_kernels/attention.py) against attention_ref, on CPU through the Triton
-interpreter (fp32, fp16) and on CUDA (bf16 at DiT shapes).
+interpreter (fp32, fp16) and on CUDA (the same tests compiled, plus bf16 at DiT shapes).
 
 Accuracy rule (STYLE habit 2): |kernel − ref| <= 2·|torch same dtype − ref| + atol, for o, dq, dk, dv, with
-the reference in fp64 for fp32 inputs and in fp32 otherwise.
+the reference in fp64 for fp32 inputs and in fp32 otherwise. Every test runs under `strict_kernels`.
 """
+import importlib
 import math
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import HAS_CUDA, assert_close_rel, cuda
+from conftest import assert_close_rel, cuda
 from shortcut import ModelConfig, ShortcutDiT
-from shortcut_kernels import attention, attention_qkvpacked, attention_ref, flash_attn_available
+from shortcut_kernels import _triton, attention, attention_qkvpacked, attention_ref, flash_attn_available
 from shortcut_kernels.attention import _attention_fwd_op, _backward, _forward, _head_blocks
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
+attention_mod = importlib.import_module("shortcut_kernels.attention")   # the package's `attention` is the op
+pytestmark = pytest.mark.usefixtures("strict_kernels")
 REF_DTYPE = {torch.float32: torch.float64, torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
-def _inputs(shape, dtype, gen, device=DEVICE):
-    return [torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(3)]
+def _randn(*shape, gen, device, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+
+def _inputs(shape, dtype, gen, device):
+    return [_randn(*shape, gen=gen, device=device, dtype=dtype) for _ in range(3)]
 
 
 def _grads(fn, q, k, v, do):
@@ -32,7 +38,7 @@ def _grads(fn, q, k, v, do):
 
 def _check_against_ref(q, k, v, scale, gen):
     """attention(q, k, v) and its gradients vs attention_ref, under the 2× rule."""
-    do = torch.randn(q.shape, generator=gen).to(q.device)
+    do = _randn(*q.shape, gen=gen, device=q.device)
     rd = REF_DTYPE[q.dtype]
     out = _grads(lambda *a: attention(*a, scale=scale), q, k, v, do)
     same = _grads(lambda *a: attention_ref(*a, scale=scale, upcast=False), q, k, v, do)
@@ -61,25 +67,86 @@ CASES = [
 
 
 @pytest.mark.parametrize("T, head_dim, dtype, scale_rule, B, H", CASES)
-def test_attention_matches_reference(T, head_dim, dtype, scale_rule, B, H, gen):
-    q, k, v = _inputs((B, H, T, head_dim), dtype, gen)
+def test_attention_matches_reference(T, head_dim, dtype, scale_rule, B, H, gen, device):
+    q, k, v = _inputs((B, H, T, head_dim), dtype, gen, device)
     scale = None if scale_rule == "sqrt" else 1.0 / head_dim
     _check_against_ref(q, k, v, scale, gen)
 
 
-def test_very_negative_scores_stay_finite(gen):
+@pytest.fixture
+def first_config(monkeypatch):
+    """Each autotuned kernel gets its first candidate only. On a GPU a new head_dim is a new autotune key that
+    compiles every candidate (~15 compiles a head_dim); the interpreter runs one config anyway."""
+    for key, candidates in list(attention_mod.CONFIGS.items()):
+        monkeypatch.setitem(attention_mod.CONFIGS, key, candidates[:1])
+    attention_mod._tuned.cache_clear()
+    yield
+    attention_mod._tuned.cache_clear()
+
+
+@pytest.mark.parametrize("head_dim", range(attention_mod.MIN_HEAD_DIM, attention_mod.MAX_HEAD_DIM + 1, 8))
+def test_every_head_dim_forward_and_backward(head_dim, gen, device, first_config):
+    """Every supported head_dim (each its own tiling: one tile, two tiles, a padded tile), fp32, against the
+    fp64 reference: o, dq, dk, dv. T = 37: two query and key tiles of 32, the second mostly masked."""
+    q, k, v = _inputs((1, 2, 37, head_dim), torch.float32, gen, device)
+    _check_against_ref(q, k, v, None, gen)
+
+
+def test_bh_bucket_is_a_power_of_two_cover():
+    """The autotune key sees B·H rounded up to a power of two (at most 1024): the 33 batch sizes of a
+    guided bootstrap batch at B 256 (H = 16) make 7 tunings instead of 33."""
+    bucket = attention_mod._bh_bucket
+    assert [bucket(n) for n in (1, 2, 3, 12, 16, 17, 1000, 1024, 1025, 4096)] == [1, 2, 4, 16, 16, 32, 1024,
+                                                                                 1024, 1024, 1024]
+    assert len({bucket(16 * b) for b in range(1, 34)}) == 7
+
+
+def test_config_lists_follow_the_device_architecture():
+    """sm_90 and later take the sm_90 lists, every earlier card the sm_80 ones; fp32 its own list; the
+    interpreter one config. Each autotuner tunes over exactly its list."""
+    cfg = attention_mod.configs
+    for kernel in ("fwd", "dkdv", "dq"):
+        assert cfg(kernel, 90, torch.bfloat16) == cfg(kernel, 100, torch.float16) == attention_mod.CONFIGS[
+            kernel, 90, 16]
+        assert cfg(kernel, 80, torch.bfloat16) == cfg(kernel, 86, torch.float16) == attention_mod.CONFIGS[
+            kernel, 80, 16]
+        assert cfg(kernel, 90, torch.float32) == attention_mod.CONFIGS[kernel, 90, 32]
+        assert cfg(kernel, None, torch.float16) == (attention_mod.INTERPRETER_CONFIG,)
+        tuned = attention_mod._tuned(kernel, 80, torch.float16)
+        assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in tuned.configs] == \
+            list(attention_mod.CONFIGS[kernel, 80, 16])
+    assert attention_mod.CONFIGS["fwd", 80, 16] != attention_mod.CONFIGS["fwd", 90, 16]
+
+
+def test_launches_pick_the_list_of_the_device(gen):
+    """What the launchers hand to `launch` on an sm_80 and an sm_90 GPU (recorded, not run): the autotuner
+    of that architecture, and the B·H bucket as BH."""
+    q = torch.empty(3, 5, 256, 72, device="meta", dtype=torch.bfloat16)
+    lse = torch.empty(3, 5, 256, device="meta")
+    for arch in (80, 90):
+        with _triton.recording(arch) as launches:
+            _forward(q, q, q, q, lse, 0.1)
+            _backward(q, q, q, q, q, lse, 0.1, q, q, q)
+        fwd, delta, dkdv, dq = (kernel for kernel, _, _ in launches)
+        assert fwd is attention_mod._tuned("fwd", arch, torch.float16)
+        assert dkdv is attention_mod._tuned("dkdv", arch, torch.float16)
+        assert dq is attention_mod._tuned("dq", arch, torch.float16)
+        assert launches[0][1][-2] == 16, "BH = 15 rounded up"
+
+
+def test_very_negative_scores_stay_finite(gen, device):
     """Every score ≈ -100 (lse ≈ -98): padded key columns must not turn into exp(+98) = inf -> NaN.
 
     Factor 8, not 2: the backward recomputes p = exp2(s − lse) from fp32 scores of size ~144 (base 2),
     ~1e-5 relative error in p, where PyTorch reuses its forward p; dk = scale·dSᵀ·q then carries |q| = 100
     (measured: 4.3× PyTorch's fp32 error here, 1.0× at |s| ≈ 20).
     """
-    u = torch.randn(32, generator=gen)
+    u = _randn(32, gen=gen, device=device)
     u = u / u.norm()
-    k = u.expand(1, 2, 7, 32) + 0.01 * torch.randn(1, 2, 7, 32, generator=gen)
+    k = u.expand(1, 2, 7, 32) + 0.01 * _randn(1, 2, 7, 32, gen=gen, device=device)
     q = -100.0 * u.expand(1, 2, 7, 32).clone()
-    v = torch.randn(1, 2, 7, 32, generator=gen)
-    do = torch.randn(q.shape, generator=gen)
+    v = _randn(1, 2, 7, 32, gen=gen, device=device)
+    do = _randn(*q.shape, gen=gen, device=device)
     out = _grads(lambda *a: attention(*a, scale=1.0), q, k, v, do)
     same = _grads(lambda *a: attention_ref(*a, scale=1.0, upcast=False), q, k, v, do)
     ref = _grads(lambda *a: attention_ref(*a, scale=1.0, upcast=False), q.double(), k.double(), v.double(), do)
@@ -102,10 +169,11 @@ def test_head_blocks_cover_head_dim_with_little_padding():
         assert d1 == 0 or d1 >= 16
 
 
-def test_padded_head_dim_gives_the_same_result(gen):
-    """The 64 + 16 split and the single 128-wide padded tile compute the same attention."""
-    q, k, v = _inputs((1, 2, 40, 72), torch.float32, gen)
-    do = torch.randn(q.shape, generator=gen)
+def test_padded_head_dim_gives_the_same_result(gen, device):
+    """The 64 + 16 split and the single 128-wide padded tile compute the same attention (to rounding: the dots
+    sum in another order, and on a GPU exp2 is approximate)."""
+    q, k, v = _inputs((1, 2, 40, 72), torch.float32, gen, device)
+    do = _randn(*q.shape, gen=gen, device=device)
     results = []
     for split in (True, False):
         o = q.new_empty(1, 40, 2, 72).transpose(1, 2)
@@ -118,43 +186,44 @@ def test_padded_head_dim_gives_the_same_result(gen):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_lse_is_the_base2_log_sum_exp_of_scaled_scores(gen):
-    q, k, v = _inputs((2, 2, 37, 32), torch.float32, gen)
+def test_lse_is_the_base2_log_sum_exp_of_scaled_scores(gen, device):
+    q, k, v = _inputs((2, 2, 37, 32), torch.float32, gen, device)
     _, lse = _attention_fwd_op(q, k, v, 0.3)
     want = torch.logsumexp(q.double() @ k.double().transpose(-1, -2) * 0.3, dim=-1) * math.log2(math.e)
     torch.testing.assert_close(lse.double(), want, rtol=0, atol=1e-5)
 
 
-def _fused_qkv(B, T, H, Dh, dtype, gen, device=DEVICE):
-    return torch.randn(B, T, 3, H, Dh, generator=gen).to(device=device, dtype=dtype)
+def _fused_qkv(B, T, H, Dh, dtype, gen, device):
+    return _randn(B, T, 3, H, Dh, gen=gen, device=device, dtype=dtype)
 
 
-def test_strided_views_are_read_in_place(gen):
+def test_strided_views_are_read_in_place(gen, device):
     """q, k, v as views of a fused (B, T, 3, H, Dh) projection, and a layout with head_dim strided: the
-    kernel reads them through their strides and gives bit-identical results to contiguous copies."""
-    qkv = _fused_qkv(2, 19, 2, 24, torch.float32, gen)
+    kernel reads them through their strides and gives the results of contiguous copies. Equal up to fp32
+    rounding, not bit for bit: on a GPU the two layouts are different compiled specialisations."""
+    qkv = _fused_qkv(2, 19, 2, 24, torch.float32, gen, device)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     assert not q.is_contiguous()
-    v = torch.randn(2, 2, 24, 19, generator=gen).transpose(-1, -2)   # head_dim stride 19
-    do = torch.randn(2, 2, 19, 24, generator=gen)
+    v = _randn(2, 2, 24, 19, gen=gen, device=device).transpose(-1, -2)   # head_dim stride 19
+    do = _randn(2, 2, 19, 24, gen=gen, device=device)
     strided = _grads(attention, q, k, v, do)
     dense = _grads(attention, q.contiguous(), k.contiguous(), v.contiguous(), do)
     for a, b in zip(strided, dense):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_output_layout_lets_proj_read_without_copy(gen):
-    q, k, v = _inputs((2, 3, 11, 32), torch.float32, gen)
+def test_output_layout_lets_proj_read_without_copy(gen, device):
+    q, k, v = _inputs((2, 3, 11, 32), torch.float32, gen, device)
     o = attention(q, k, v)
     assert o.shape == (2, 3, 11, 32) and o.transpose(1, 2).is_contiguous()
-    assert attention_qkvpacked(_fused_qkv(2, 11, 3, 32, torch.float32, gen)).is_contiguous()
+    assert attention_qkvpacked(_fused_qkv(2, 11, 3, 32, torch.float32, gen, device)).is_contiguous()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_qkvpacked_matches_reference(dtype, gen):
+def test_qkvpacked_matches_reference(dtype, gen, device):
     B, T, H, Dh = 2, 45, 2, 72
-    qkv = _fused_qkv(B, T, H, Dh, dtype, gen)
-    do = torch.randn(B, T, H, Dh, generator=gen).to(dtype)
+    qkv = _fused_qkv(B, T, H, Dh, dtype, gen, device)
+    do = _randn(B, T, H, Dh, gen=gen, device=device, dtype=dtype)
 
     def run(fn, qkv):
         leaf = qkv.detach().clone().requires_grad_()
@@ -183,11 +252,12 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_model_attention_copies_nothing(gen):
+def test_model_attention_copies_nothing(gen, device):
     """Attention.forward + backward with the Triton backend: the fused qkv goes in and the proj input comes
     out without a transpose copy, and the backward writes one dqkv (no stack of dq, dk, dv)."""
-    attn = ShortcutDiT(ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)).blocks[0].attn
-    x = torch.randn(2, 16, 32, generator=gen, requires_grad=True)
+    model = ShortcutDiT(ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)).to(device)
+    attn = model.blocks[0].attn
+    x = _randn(2, 16, 32, gen=gen, device=device).requires_grad_()
     with _RecordOps() as rec:
         attn(x, "triton").square().sum().backward()
     copies = [op for op in rec.ops if op in ("aten.clone", "aten.copy_", "aten.contiguous", "aten.stack",
@@ -206,17 +276,18 @@ def _randomize(model, gen):
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def test_model_triton_attention_equals_sdpa(gen):
+def test_model_triton_attention_equals_sdpa(gen, device):
     """ShortcutDiT(attention="triton") vs "sdpa" (fp32) vs fp64 SDPA: outputs and every parameter gradient."""
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)
-    models = {a: ShortcutDiT(cfg, kernels="torch", attention=a) for a in ("triton", "sdpa")}
+    models = {a: ShortcutDiT(cfg, kernels="torch", attention=a).to(device) for a in ("triton", "sdpa")}
     _randomize(models["sdpa"], gen)
     models["triton"].load_state_dict(models["sdpa"].state_dict())
-    ref_model = ShortcutDiT(cfg, kernels="torch", attention="sdpa").double()
+    ref_model = ShortcutDiT(cfg, kernels="torch", attention="sdpa").to(device).double()
     ref_model.load_state_dict(models["sdpa"].state_dict())
-    x = torch.randn(3, 4, 8, 8, generator=gen)
-    t, k, y = torch.rand(3, generator=gen), torch.tensor([0, 3, 7]), torch.tensor([1, 10, 4])
-    cot = torch.randn(3, 4, 8, 8, generator=gen)
+    x = _randn(3, 4, 8, 8, gen=gen, device=device)
+    t = torch.rand(3, generator=gen).to(device)
+    k, y = torch.tensor([0, 3, 7], device=device), torch.tensor([1, 10, 4], device=device)
+    cot = _randn(3, 4, 8, 8, gen=gen, device=device)
 
     def run(model, x):
         out = model(x, t.to(x.dtype), k, y)
@@ -230,10 +301,24 @@ def test_model_triton_attention_equals_sdpa(gen):
         assert_close_rel(o, r, s, name=name)
 
 
-def test_compiled_fullgraph_matches_eager(gen):
+def test_auto_attention_sends_fp32_to_sdpa(device):
+    """attention="auto" with the Triton kernels: 16-bit attention (a half model, or autocast) runs the Triton
+    kernel, fp32 attention (the EMA model sampled without autocast) runs SDPA; a named backend is kept."""
+    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)
+    model = ShortcutDiT(cfg, kernels="triton").to(device)
+    x = torch.zeros(1, 4, 8, 8, device=device)
+    assert model.attention_backend(x) == "sdpa"
+    with torch.autocast(device.type, torch.bfloat16):
+        assert model.attention_backend(x) == "triton"
+    assert model.half().attention_backend(x.half()) == "triton"
+    assert ShortcutDiT(cfg, kernels="torch").to(device).attention_backend(x.half()) == "sdpa"
+    assert ShortcutDiT(cfg, kernels="triton", attention="triton").to(device).attention_backend(x) == "triton"
+
+
+def test_compiled_fullgraph_matches_eager(gen, device):
     """Both custom ops inside torch.compile(fullgraph=True), forward and backward."""
-    qkv = _fused_qkv(1, 20, 2, 32, torch.float32, gen)
-    q, k, v = _inputs((1, 2, 20, 32), torch.float32, gen)
+    qkv = _fused_qkv(1, 20, 2, 32, torch.float32, gen, device)
+    q, k, v = _inputs((1, 2, 20, 32), torch.float32, gen, device)
 
     def fn(qkv, q, k, v):
         return attention_qkvpacked(qkv, scale=0.2) + attention(q, k, v).transpose(1, 2)
@@ -252,10 +337,10 @@ def test_compiled_fullgraph_matches_eager(gen):
 # ----------------------------------------------------------------------------------------------------
 # Errors.
 # ----------------------------------------------------------------------------------------------------
-def test_rejects_mismatched_shapes_dtypes_devices():
-    q = torch.randn(1, 2, 8, 32)
+def test_rejects_mismatched_shapes_dtypes_devices(device):
+    q = torch.randn(1, 2, 8, 32, device=device)
     with pytest.raises(ValueError, match="same shape"):
-        attention(q, torch.randn(1, 2, 9, 32), q)
+        attention(q, q[:, :, :7], q)
     with pytest.raises(ValueError, match="4-D"):
         attention(q[0], q[0], q[0])
     with pytest.raises(TypeError, match="share one dtype"):
@@ -263,7 +348,7 @@ def test_rejects_mismatched_shapes_dtypes_devices():
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
         attention(q.double(), q.double(), q.double())
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
-        attention(q, q, q.numpy())
+        attention(q, q, q.cpu().numpy())
     with pytest.raises(ValueError, match="one device"):
         attention(q, q.to("meta"), q)
     with pytest.raises(RuntimeError, match="is on meta"):
@@ -271,34 +356,35 @@ def test_rejects_mismatched_shapes_dtypes_devices():
 
 
 @pytest.mark.parametrize("head_dim", [8, 12, 70, 136])
-def test_rejects_unsupported_head_dim(head_dim):
-    q = torch.randn(1, 1, 4, head_dim)
+def test_rejects_unsupported_head_dim(head_dim, device):
+    q = torch.randn(1, 1, 4, head_dim, device=device)
     with pytest.raises(ValueError, match=f"head_dim must be a multiple of 8 in \\[16, 128\\], got {head_dim}"):
         attention(q, q, q)
     with pytest.raises(ValueError, match="head_dim must be"):
-        attention_qkvpacked(torch.randn(1, 4, 3, 1, head_dim))
+        attention_qkvpacked(torch.randn(1, 4, 3, 1, head_dim, device=device))
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, True, "0.1", torch.tensor(0.1)])
-def test_rejects_bad_scale(scale):
-    q = torch.randn(1, 1, 4, 16)
+def test_rejects_bad_scale(scale, device):
+    q = torch.randn(1, 1, 4, 16, device=device)
     with pytest.raises(ValueError, match="scale must be a positive finite number"):
         attention(q, q, q, scale=scale)
 
 
-def test_qkvpacked_rejects_bad_layout():
+def test_qkvpacked_rejects_bad_layout(device):
     with pytest.raises(ValueError, match=r"\(B, T, 3, H, head_dim\)"):
-        attention_qkvpacked(torch.randn(1, 4, 2, 1, 16))
+        attention_qkvpacked(torch.randn(1, 4, 2, 1, 16, device=device))
     with pytest.raises(ValueError, match=r"\(B, T, 3, H, head_dim\)"):
-        attention_qkvpacked(torch.randn(4, 3, 1, 16))
+        attention_qkvpacked(torch.randn(4, 3, 1, 16, device=device))
 
 
 @pytest.mark.skipif(flash_attn_available(), reason="flash-attn is installed")
-def test_flash_attn_backend_absent_is_a_clear_error(gen):
+def test_flash_attn_backend_absent_is_a_clear_error(gen, device):
     model = ShortcutDiT(ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10),
-                        kernels="torch", attention="flash_attn")
+                        kernels="torch", attention="flash_attn").to(device)
     with pytest.raises(RuntimeError, match="needs the flash-attn package"):
-        model(torch.randn(1, 4, 8, 8), torch.rand(1), torch.tensor([0]), torch.tensor([0]))
+        model(torch.randn(1, 4, 8, 8, device=device), torch.rand(1, device=device),
+              torch.tensor([0], device=device), torch.tensor([0], device=device))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,9 +417,10 @@ def test_cuda_qkvpacked_bf16_equals_unpacked(H, head_dim, gen):
     o_packed.backward(do)
     o = attention(q, k, v)
     o.backward(do.transpose(1, 2))
-    torch.testing.assert_close(o_packed, o.transpose(1, 2), rtol=0, atol=0)
-    torch.testing.assert_close(qkv.grad, torch.stack([q.grad, k.grad, v.grad], 0).permute(1, 3, 0, 2, 4),
-                               rtol=0, atol=0)
+    # The two layouts are different compiled specialisations (strides): equal to a bf16 rounding step.
+    tol = dict(rtol=2 ** -7, atol=1e-3)
+    torch.testing.assert_close(o_packed, o.transpose(1, 2), **tol)
+    torch.testing.assert_close(qkv.grad, torch.stack([q.grad, k.grad, v.grad], 0).permute(1, 3, 0, 2, 4), **tol)
 
 
 @cuda
