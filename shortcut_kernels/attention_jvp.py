@@ -36,7 +36,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from .attention import _head_offset, _load_tile, _store_tile
+    from .attention_kernels import _head_offset, _load_tile, _store_tile
 
 
 def attention_jvp_ref(q, k, v, tq, tk, tv, scale=None, upcast=True):
