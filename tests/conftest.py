@@ -55,3 +55,20 @@ def strict_kernels():
     import shortcut_kernels
     with shortcut_kernels.strict():
         yield
+
+
+@torch.no_grad()
+def redraw_zero_init(model, generator, std=0.1):
+    """Re-draw every exactly-zero parameter element of `model` from N(0, std²), in place; returns the model.
+
+    A fresh ShortcutDiT predicts v̂ = 0 (zero final layer) and, with adaLN-Zero, every block is the identity:
+    samples then equal the noise and a sampler, graph or FID test compares noise with noise. This gives the
+    final layer, the adaLN projections and the zero biases small random values (the other weights keep their
+    initialisation). `generator` is a CPU torch.Generator; the values are moved to each parameter's device.
+    """
+    for p in model.parameters():
+        zero = p == 0
+        if zero.any():
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32) * std
+            p.copy_(torch.where(zero, noise.to(p.device, p.dtype), p))
+    return model
