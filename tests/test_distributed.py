@@ -1,5 +1,8 @@
 """Multi-process training on CPU (gloo): 2 ranks == 1 rank with 2 micro-batches, one checkpoint, resume on
-another world size; the global bootstrap share kept when the batch is split into shards."""
+another world size; the global bootstrap share kept when the batch is split into shards.
+
+CPU only, also on a GPU machine (`_cfg` pins device="cpu"): on CUDA rank r takes cuda:r (one GPU has no
+cuda:1), and the comparisons with one process need the same deterministic arithmetic."""
 import copy
 import importlib
 import json
@@ -21,7 +24,7 @@ train_mod = importlib.import_module("shortcut.train")
 
 def _cfg(out, **kw):
     base = dict(data="digits", preset="tiny", steps=4, batch_size=16, lr=1e-3, log_every=1, ckpt_every=2,
-                out_dir=str(out), progress=False, grid_steps=(1,), threads=1,
+                out_dir=str(out), progress=False, grid_steps=(1,), threads=1, device="cpu",
                 objective=ObjectiveConfig(bootstrap_fraction=0.25))
     base.update(kw)
     return TrainConfig(**base)

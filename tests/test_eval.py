@@ -60,11 +60,11 @@ def test_digits_data_and_classifier(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_evaluate_digits_with_oracle(tmp_path, monkeypatch):
+def test_evaluate_digits_with_oracle(tmp_path, monkeypatch, device):
     """A 'model' whose one step lands on a real digit of the requested class scores ~perfectly."""
     monkeypatch.setenv("SHORTCUT_CACHE", str(tmp_path))
     data = load_digits()
-    protos = torch.stack([data.x[data.y == c][0] for c in range(10)])
+    protos = torch.stack([data.x[data.y == c][0] for c in range(10)]).to(device)
 
     class Oracle(torch.nn.Module):
         null_label = 10
@@ -76,13 +76,13 @@ def test_evaluate_digits_with_oracle(tmp_path, monkeypatch):
         def forward(self, x, t, k, y):
             return protos[y.clamp(max=9)] - x        # one step from x reaches the prototype
 
-    rows = evaluate_digits(Oracle(), steps=(1,), per_class=5)
+    rows = evaluate_digits(Oracle().to(device), steps=(1,), per_class=5)   # samples on the model's device
     assert rows[0]["accuracy"] == 1.0 and rows[0]["fd"] > 0   # no diversity: FD > 0
 
 
-def test_evaluate_2d_and_table():
+def test_evaluate_2d_and_table(device):
     model = torch.nn.Module()
-    model.p = torch.nn.Parameter(torch.zeros(()))
+    model.p = torch.nn.Parameter(torch.zeros((), device=device))
     model.forward = lambda x, t, k, y: -x        # collapses everything to 0 in one step
     model.null_label = 0
     rows = evaluate_2d(model, "moons", steps=(1, 2), n=500)

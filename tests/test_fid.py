@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import redraw_zero_init
 from PIL import Image
 
 from shortcut import ModelConfig, ShortcutDiT, TrainConfig, sample, train
@@ -29,17 +30,18 @@ def fd_scipy(a, b):
 
 
 class TinyFeatures(torch.nn.Module):
-    """A random conv net standing in for Inception: images in [-1, 1] -> 6 features."""
+    """A random conv net standing in for Inception: images in [-1, 1] -> 6 features. Like inception_features
+    it moves its input to its own device (reference images come from the CPU, samples from the model's)."""
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2), torch.nn.Tanh(),
-                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).to(device)
 
     @torch.no_grad()
     def forward(self, x):
-        return self.net(x.float())
+        return self.net(x.float().to(self.net[0].weight.device))
 
 
 @pytest.fixture(scope="module")
@@ -79,30 +81,36 @@ def test_frechet_from_stats_matches_eval_and_scipy():
         frechet_from_stats(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
-def test_pipeline_end_to_end_against_an_independent_computation(folder, tmp_path):
-    feats = TinyFeatures()
+def test_pipeline_end_to_end_against_an_independent_computation(folder, tmp_path, gen, device):
+    feats = TinyFeatures(device)
     # Reference statistics from the folder, saved once and loaded back.
     ref_path = str(tmp_path / "ref.npz")
     mu, sigma = reference_stats(folder, feats, batch_size=5, save=ref_path)
-    real = feats(torch.stack([ImageFolder(folder).load(i)[0] for i in range(24)])).double().numpy()
+    real = feats(torch.stack([ImageFolder(folder).load(i)[0] for i in range(24)])).double().cpu().numpy()
     np.testing.assert_allclose(mu, real.mean(0), rtol=1e-6)
     np.testing.assert_allclose(sigma, np.cov(real, rowvar=False), rtol=1e-5, atol=1e-9)
     mu2, sigma2 = reference_stats(ref_path, feats)
     np.testing.assert_array_equal(mu, mu2)
     np.testing.assert_array_equal(sigma, sigma2)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
-    # A random tiny model, 2 step counts, 10 samples streamed in batches of 4.
+    # A random tiny model (v̂ ≠ 0: samples are not the noise), 2 step counts, 10 samples streamed in batches of 4.
     torch.manual_seed(0)
-    model = ShortcutDiT(ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=2), kernels="torch").eval()
-    rows = evaluate_fid(model, feats, (mu, sigma), [1, 2], n=10, shape=(3, 8, 8), num_classes=2, batch_size=4, seed=3)
+    model = ShortcutDiT(ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=2), kernels="torch")
+    model = redraw_zero_init(model, gen).eval().to(device)
+    rows = evaluate_fid(model, feats, (mu, sigma), [1, 2], n=10, shape=(3, 8, 8), num_classes=2, batch_size=4, seed=3,
+                        device=device)
     assert [r["steps"] for r in rows] == [1, 2]
     g = torch.Generator().manual_seed(3)
-    noise = torch.cat([torch.randn(b, 3, 8, 8, generator=g) for b in (4, 4, 2)])
+    noise = torch.cat([torch.randn(b, 3, 8, 8, generator=g) for b in (4, 4, 2)]).to(device)
+    fids = []
     for r, steps in zip(rows, (1, 2)):
-        x = sample(model, noise, steps, y=balanced_labels(10, 2))
-        expected = fd_scipy(feats(x).double().numpy(), real)
+        x = sample(model, noise, steps, y=balanced_labels(10, 2).to(device))
+        assert not torch.allclose(x, noise, atol=0.1)
+        expected = fd_scipy(feats(x).double().cpu().numpy(), real)
         assert r["fid"] == pytest.approx(expected, rel=1e-5)
         assert r["fid"] > 0
+        fids.append(expected)
+    assert fids[0] != pytest.approx(fids[1], rel=1e-3), "1 and 2 steps give different samples, different FIDs"
     # The data against itself is at distance ~0; against a shifted copy it is not.
     same = dataset_stats(feats, ImageFolder(folder), batch_size=7)
     assert frechet_from_stats(same.mu, same.sigma, mu, sigma) == pytest.approx(0, abs=1e-6)
@@ -193,7 +201,7 @@ def test_cli_fid(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pytorch_fid", None)
     with pytest.raises(SystemExit, match=r"--fid: FID needs the Inception network .*shortcut\[fid\]"):
         main(args)
-    monkeypatch.setattr("shortcut.fid.inception_features", lambda device, weights=None: TinyFeatures())
+    monkeypatch.setattr("shortcut.fid.inception_features", lambda device, weights=None: TinyFeatures(device))
     main(args + ["--fid-ref-out", str(tmp_path / "ref.npz")])
     table = capsys.readouterr().out
     assert "| steps | run fid |" in table and "| 2 |" in table

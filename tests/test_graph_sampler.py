@@ -1,12 +1,13 @@
 """GraphSampler and the conditioning cache: same samples as shortcut.sample, argument errors, the cache of
-captured loops, weight updates, seeded noise. CPU tests run the static-buffer loop eagerly; @cuda tests
-capture and replay real CUDA graphs."""
+captured loops, weight updates, seeded noise. Tests without @cuda run on the `device` fixture: on a CPU the
+static-buffer loop runs eagerly, on a GPU they capture and replay real CUDA graphs; @cuda tests add bf16/fp16,
+the fused kernels at larger sizes and host-sync checks."""
 import gc
 import math
 
 import pytest
 import torch
-from conftest import assert_close_rel, cuda
+from conftest import DEVICE, assert_close_rel, assert_replay_matches, cuda
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import shortcut.graph as graph_mod
@@ -15,23 +16,23 @@ from shortcut.graph import (ConditioningCache, _cached_graphs, _hash32, _mul32, 
                             seeded_noise)
 
 
-def _model(gen, kernels="torch", num_classes=5, **overrides):
+def _model(gen, kernels="torch", num_classes=5, device=DEVICE, **overrides):
     """A tiny DiT with every weight random (adaLN-Zero and the zero final layer would make v̂ = 0)."""
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=num_classes, **overrides)
     model = ShortcutDiT(cfg, kernels=kernels).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
+    return model.to(device)
 
 
 @pytest.fixture
-def dit(gen):
-    return _model(gen)
+def dit(gen, device):
+    return _model(gen, device=device)
 
 
-def _noise(B, gen, dtype=torch.float32):
-    return torch.randn(B, 3, 8, 8, generator=gen).to(dtype)
+def _noise(B, gen, dtype=torch.float32, device=DEVICE):
+    return torch.randn(B, 3, 8, 8, generator=gen).to(device, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,44 +40,51 @@ def _noise(B, gen, dtype=torch.float32):
 
 @pytest.mark.parametrize("steps", [1, 4, 128])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
-def test_conditioning_cache_sampling_equals_sample(dit, gen, steps, cfg_scale):
-    noise, y = _noise(3, gen), torch.tensor([0, 4, 5])
+def test_conditioning_cache_sampling_equals_sample(dit, gen, device, steps, cfg_scale):
+    noise, y = _noise(3, gen, device=device), torch.tensor([0, 4, 5], device=device)
     ref = sample(dit, noise, steps, y=y, cfg_scale=cfg_scale)
+    assert not torch.allclose(ref, noise, atol=0.1), "the model must move the samples"
     # The table's GEMMs run over all 6 labels at once, the eager ones over the batch: fp32 rounding only.
     torch.testing.assert_close(sample_cached(dit, noise, steps, y=y, cfg_scale=cfg_scale), ref, rtol=1e-5, atol=1e-5)
     gs = GraphSampler(dit, 3, steps, cfg_scale, dtype=torch.float32)
-    assert gs.cond_cache is not None and not gs.graphed
+    assert gs.cond_cache is not None and gs.graphed == (device.type == "cuda")
     torch.testing.assert_close(gs(noise, y), ref, rtol=1e-5, atol=1e-5)
+    # Replays with new noise and new labels are the eager samples of those.
+    for labels in ([5, 1, 2], [3, 3, 0]):
+        noise, y = _noise(3, gen, device=device), torch.tensor(labels, device=device)
+        torch.testing.assert_close(gs(noise, y), sample(dit, noise, steps, y=y, cfg_scale=cfg_scale),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("steps,cfg_scale", [(1, 1.0), (4, 3.0)])
-def test_uncached_loop_is_bitwise_sample(dit, gen, steps, cfg_scale):
-    noise, y = _noise(2, gen), torch.tensor([1, 2])
+def test_uncached_loop_is_bitwise_sample(dit, gen, device, steps, cfg_scale):
     gs = GraphSampler(dit, 2, steps, cfg_scale, dtype=torch.float32, cond_cache=False)
     assert gs.cond_cache is None
-    assert torch.equal(gs(noise, y), sample(dit, noise, steps, y=y, cfg_scale=cfg_scale))
+    for labels in ([1, 2], [5, 0]):   # the second call replays with new noise and labels
+        noise, y = _noise(2, gen, device=device), torch.tensor(labels, device=device)
+        assert_replay_matches(gs(noise, y), sample(dit, noise, steps, y=y, cfg_scale=cfg_scale))
 
 
-def test_unconditional_labels_default_to_null(dit, gen):
-    noise = _noise(2, gen)
+def test_unconditional_labels_default_to_null(dit, gen, device):
+    noise = _noise(2, gen, device=device)
     gs = GraphSampler(dit, 2, 2, dtype=torch.float32)
-    gs(noise, torch.tensor([0, 1]))   # the null fill must overwrite the previous call's labels
+    gs(noise, torch.tensor([0, 1], device=device))   # the null fill must overwrite the previous call's labels
     torch.testing.assert_close(gs(noise), sample(dit, noise, 2), rtol=1e-5, atol=1e-5)
 
 
-def test_table_rows_are_the_models_modulations(dit):
+def test_table_rows_are_the_models_modulations(dit, device):
     cache = ConditioningCache(dit, 4)
     assert cache.table.shape == (7, 4, 6 * 32 * 2 + 2 * 32) and cache.sizes == [192, 192, 64]
-    y = torch.tensor([5, 0, 3])
+    y = torch.tensor([5, 0, 3], device=device)
     mods_all = cache.gather(y)                                                    # (3, 4, M)
     for i in range(4):
-        c = dit.embed(torch.full((3,), i / 4), torch.full((3,), 2), y)
+        c = dit.embed(torch.full((3,), i / 4, device=device), torch.full((3,), 2, device=device), y)
         for got, want in zip(cache.split(mods_all[:, i]), dit.modulations(c)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.isnan(cache.table[-1]).all()
 
 
-def test_cached_loop_never_reads_conditioning_weights(dit, gen):
+def test_cached_loop_never_reads_conditioning_weights(dit, gen, device):
     """The point of the cache: per step, no embedder or adaLN weight is touched (counted per aten op)."""
     cond = [dit.adaLN.weight, *dit.t_embedder.parameters(), *dit.k_embedder.parameters(),
             dit.y_embedder.embedding_table.weight]
@@ -93,7 +101,7 @@ def test_cached_loop_never_reads_conditioning_weights(dit, gen):
             self.cond_ops += any(a.untyped_storage().data_ptr() in cond_storage for a in flat)
             return func(*args, **(kwargs or {}))
 
-    noise, y = _noise(2, gen), torch.tensor([1, 2])
+    noise, y = _noise(2, gen, device=device), torch.tensor([1, 2], device=device)
     cache = ConditioningCache(dit, 4)
     with Reads() as cached:
         sample_cached(dit, noise, 4, y=y, cache=cache)
@@ -104,48 +112,50 @@ def test_cached_loop_never_reads_conditioning_weights(dit, gen):
     assert cached.ops < eager.ops
 
 
-def test_unknown_labels_give_nan_rows_only(gen):
-    model = _model(gen)
-    noise = _noise(3, gen)
+def test_unknown_labels_give_nan_rows_only(gen, device):
+    model = _model(gen, device=device)
+    noise = _noise(3, gen, device=device)
     gs = GraphSampler(model, 3, 1, dtype=torch.float32, labels=[1, 2])
     assert gs.cond_cache.table.shape[0] == 4                   # labels 1, 2, null, NaN row
-    y = torch.tensor([2, 1, 5])
+    y = torch.tensor([2, 1, 5], device=device)
     torch.testing.assert_close(gs(noise, y), sample(model, noise, 1, y=y), rtol=1e-5, atol=1e-5)
-    # A label outside the subset, checked on the host when y is on the CPU ...
+    # A label outside the subset, checked on the host when y is on the CPU (whatever the model's device) ...
     with pytest.raises(ValueError, match=r"labels \[3\] are not in this sampler's labels= subset"):
         gs(noise, torch.tensor([3, 1, 2]))
     # ... and mapped to the NaN row inside the loop (what happens to device labels, never read back).
-    rows = gs.cond_cache.rows(torch.tensor([3, -1, 99, 1]))
+    rows = gs.cond_cache.rows(torch.tensor([3, -1, 99, 1], device=device))
     assert rows.tolist() == [3, 3, 3, 0]
-    out = sample_cached(model, noise, 1, y=torch.tensor([3, 1, 2]), cache=gs.cond_cache)
+    out = sample_cached(model, noise, 1, y=torch.tensor([3, 1, 2], device=device), cache=gs.cond_cache)
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
 
 
-def test_triton_kernels_with_cached_modulations(gen):
-    """The fused kernels (interpreted) read shift/scale/gate as strided views of the gathered table rows."""
+def test_triton_kernels_with_cached_modulations(gen, device, strict_kernels):
+    """The fused kernels (interpreted on a CPU) read shift/scale/gate as strided views of the gathered table rows."""
     pytest.importorskip("triton")
-    model = _model(gen, kernels="triton")
-    noise, y = _noise(2, gen), torch.tensor([0, 3])
+    model = _model(gen, kernels="triton", device=device)
     gs = GraphSampler(model, 2, 2, 1.5, dtype=torch.float32)
-    torch.testing.assert_close(gs(noise, y), sample(model, noise, 2, y=y, cfg_scale=1.5), rtol=1e-4, atol=1e-4)
+    for labels in ([0, 3], [5, 1]):   # the second call replays with new noise and labels
+        noise, y = _noise(2, gen, device=device), torch.tensor(labels, device=device)
+        torch.testing.assert_close(gs(noise, y), sample(model, noise, 2, y=y, cfg_scale=1.5), rtol=1e-4, atol=1e-4)
 
 
-def test_fp32_model_samples_under_autocast(dit, gen):
-    noise, y = _noise(2, gen, torch.bfloat16), torch.tensor([0, 3])
+def test_fp32_model_samples_under_autocast(dit, gen, device):
+    noise, y = _noise(2, gen, torch.bfloat16, device), torch.tensor([0, 3], device=device)
     gs = GraphSampler(dit, 2, 2, dtype=torch.bfloat16, cond_cache=False)
     assert gs.dtype == torch.bfloat16
     out = gs(noise, y)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         ref = sample(dit, noise, 2, y=y)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    assert out.dtype == torch.bfloat16
+    assert_replay_matches(out, ref)
 
 
-def test_any_module_without_cache(gen):
-    model = ShortcutMLP(hidden=16, depth=1, num_classes=3)
-    noise = torch.randn(5, 2, generator=gen)
+def test_any_module_without_cache(gen, device):
+    model = ShortcutMLP(hidden=16, depth=1, num_classes=3).to(device)
+    noise = torch.randn(5, 2, generator=gen).to(device)
     gs = GraphSampler(model, 5, 4, dtype=torch.float32)
     assert gs.cond_cache is None
-    assert torch.equal(gs(noise), sample(model, noise, 4))
+    assert_replay_matches(gs(noise), sample(model, noise, 4))
     with pytest.raises(ValueError, match="cond_cache=True needs a ShortcutDiT"):
         GraphSampler(model, 5, 4, dtype=torch.float32, cond_cache=True)
     with pytest.raises(ValueError, match="cannot infer one sample's shape"):
@@ -174,24 +184,25 @@ def test_constructor_errors(dit, kwargs, match):
         GraphSampler(dit, **args)
 
 
-def test_half_model_needs_its_dtype(gen):
-    model = _model(gen).to(torch.float16)
+def test_half_model_needs_its_dtype(gen, device):
+    model = _model(gen, device=device).to(torch.float16)
     with pytest.raises(ValueError, match="needs an fp32 model"):
         GraphSampler(model, 1, 1, dtype=torch.bfloat16)
     assert GraphSampler(model, 1, 1).dtype == torch.float16
 
 
-def test_call_errors(dit, gen):
+def test_call_errors(dit, gen, device):
     gs = GraphSampler(dit, 2, 1, dtype=torch.float32)
-    noise = _noise(2, gen)
+    noise = _noise(2, gen, device=device)
     with pytest.raises(ValueError, match=r"captured for batch_size=2"):
-        gs(_noise(3, gen))
+        gs(_noise(3, gen, device=device))
     with pytest.raises(ValueError, match="noise must be a floating-point tensor"):
         gs(noise.long())
-    with pytest.raises(ValueError, match="noise must be on cpu"):
+    with pytest.raises(ValueError, match=f"noise must be on {gs.device}"):
         gs(noise.to("meta"))
     with pytest.raises(TypeError, match="noise must be a tensor"):
         gs(None)
+    # Labels on the CPU below: GraphSampler checks those on the host whatever the model's device.
     with pytest.raises(ValueError, match=r"y must be an int64 tensor of shape \(2,\)"):
         gs(noise, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"y must be an int64 tensor"):
@@ -224,9 +235,9 @@ def test_same_arguments_share_one_capture(dit):
     assert _cached_graphs(dit)[0][:4] == (2, 4, (1.0,) * 4, torch.float32)   # LRU order: a/b first
 
 
-def test_lru_eviction_and_lifetime(dit, gen, monkeypatch):
+def test_lru_eviction_and_lifetime(dit, gen, device, monkeypatch):
     monkeypatch.setattr(graph_mod, "MAX_GRAPHS", 2)
-    noise = _noise(1, gen)
+    noise = _noise(1, gen, device=device)
     first = GraphSampler(dit, 1, 1, dtype=torch.float32)
     GraphSampler(dit, 1, 2, dtype=torch.float32)
     GraphSampler(dit, 1, 4, dtype=torch.float32)
@@ -237,7 +248,7 @@ def test_lru_eviction_and_lifetime(dit, gen, monkeypatch):
     clear_graphs(dit)
     assert _cached_graphs(dit) == []
     # The per-model cache is weakly keyed: it goes with the model.
-    model = _model(gen)
+    model = _model(gen, device=device)
     GraphSampler(model, 1, 1, dtype=torch.float32)
     n = len(graph_mod._GRAPHS)
     del model
@@ -248,9 +259,9 @@ def test_lru_eviction_and_lifetime(dit, gen, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # Weights changing after capture.
 
-def test_load_state_dict_in_place_is_seen(gen):
-    model, other = _model(gen), _model(gen)
-    noise, y = _noise(2, gen), torch.tensor([0, 1])
+def test_load_state_dict_in_place_is_seen(gen, device):
+    model, other = _model(gen, device=device), _model(gen, device=device)
+    noise, y = _noise(2, gen, device=device), torch.tensor([0, 1], device=device)
     gs = GraphSampler(model, 2, 2, dtype=torch.float32)
     before = gs(noise, y)
     model.load_state_dict(other.state_dict())
@@ -259,9 +270,9 @@ def test_load_state_dict_in_place_is_seen(gen):
     torch.testing.assert_close(after, sample(other, noise, 2, y=y), rtol=1e-5, atol=1e-5)
 
 
-def test_unchecked_weights_need_refresh(gen):
-    model, other = _model(gen), _model(gen)
-    noise, y = _noise(2, gen), torch.tensor([0, 1])
+def test_unchecked_weights_need_refresh(gen, device):
+    model, other = _model(gen, device=device), _model(gen, device=device)
+    noise, y = _noise(2, gen, device=device), torch.tensor([0, 1], device=device)
     gs = GraphSampler(model, 2, 2, dtype=torch.float32, check_weights=False)
     before = gs(noise, y)
     model.load_state_dict(other.state_dict())
@@ -271,9 +282,9 @@ def test_unchecked_weights_need_refresh(gen):
     torch.testing.assert_close(gs(noise, y), sample(other, noise, 2, y=y), rtol=1e-5, atol=1e-5)
 
 
-def test_replaced_weights_raise_until_refresh(gen):
-    model = _model(gen)
-    noise = _noise(1, gen)
+def test_replaced_weights_raise_until_refresh(gen, device):
+    model = _model(gen, device=device)
+    noise = _noise(1, gen, device=device)
     gs = GraphSampler(model, 1, 1, dtype=torch.float32)
     gs(noise)
     for p in model.parameters():
@@ -281,7 +292,7 @@ def test_replaced_weights_raise_until_refresh(gen):
     with pytest.raises(RuntimeError, match="weights moved in memory"):
         gs(noise)
     torch.testing.assert_close(gs.refresh()(noise), sample(model, noise, 1), rtol=1e-5, atol=1e-5)
-    model.load_state_dict(_model(gen).state_dict(), assign=True)
+    model.load_state_dict(_model(gen, device=device).state_dict(), assign=True)
     with pytest.raises(RuntimeError, match="parameters were replaced"):
         gs(noise)
     torch.testing.assert_close(gs.refresh()(noise), sample(model, noise, 1), rtol=1e-5, atol=1e-5)
@@ -317,11 +328,11 @@ def test_seeded_noise_is_standard_normal_and_reproducible():
     assert torch.equal(seeded_noise(7, (3, 4))[:2], seeded_noise(7, (2, 4)))      # batch prefix stable
 
 
-def test_seeded_sampler_equals_sample_of_seeded_noise(dit):
-    y = torch.tensor([1, 2])
+def test_seeded_sampler_equals_sample_of_seeded_noise(dit, device):
+    y = torch.tensor([1, 2], device=device)
     gs = GraphSampler(dit, 2, 2, 1.5, dtype=torch.float32, seeded=True)
     for seed in (0, 12345):
-        ref = sample(dit, seeded_noise(seed, (2, 3, 8, 8)), 2, y=y, cfg_scale=1.5)
+        ref = sample(dit, seeded_noise(seed, (2, 3, 8, 8), device), 2, y=y, cfg_scale=1.5)
         torch.testing.assert_close(gs(seed=seed, y=y), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -358,6 +369,9 @@ def test_cuda_replay_matches_eager(gen, kernels, dtype, steps, cfg_scale, cond_c
     assert out.dtype == dtype
     assert_close_rel(out, ref, eager, name=f"graph {steps} steps")
     assert torch.equal(gs(noise.to(dtype), y), out)                          # replays are deterministic
+    noise, y = torch.randn(3, 4, 16, 16, generator=gen).cuda(), torch.tensor([10, 3, 3]).cuda()   # new inputs
+    assert_close_rel(gs(noise.to(dtype), y), sample(ref_model, noise, steps, y=y, cfg_scale=cfg_scale),
+                     sample(model, noise.to(dtype), steps, y=y, cfg_scale=cfg_scale), name="replay, new labels")
 
 
 @cuda

@@ -6,12 +6,12 @@ from shortcut import ModelConfig, ShortcutDiT
 from shortcut.model import get_2d_sincos_pos_embed
 
 
-def _inputs(cfg, B, gen):
+def _inputs(cfg, B, gen, device="cpu"):
     x = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen)
     t = torch.rand(B, generator=gen)
     k = torch.randint(0, 8, (B,), generator=gen)
     y = torch.randint(0, cfg.num_classes + 1, (B,), generator=gen)
-    return x, t, k, y
+    return x.to(device), t.to(device), k.to(device), y.to(device)
 
 
 # DiT paper (Peebles & Xie, Table 1) parameter counts, in millions; ours adds the step-level embedder
@@ -35,23 +35,24 @@ def test_presets_shape():
         ModelConfig.preset("DiT-Z/2")
 
 
-def test_forward_shape_and_zero_init(gen):
+def test_forward_shape_and_zero_init(gen, device):
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5)
-    model = ShortcutDiT(cfg, kernels="torch")
-    x, t, k, y = _inputs(cfg, 3, gen)
+    model = ShortcutDiT(cfg, kernels="torch").to(device)
+    x, t, k, y = _inputs(cfg, 3, gen, device)
     out = model(x, t, k, y)
     assert out.shape == x.shape
     assert torch.equal(out, torch.zeros_like(out)), "final layer is zero-initialised: v̂ = 0 at init"
 
 
-def test_conditioning_reaches_output(gen):
+def test_conditioning_reaches_output(gen, device):
     """After perturbing the zero-initialised layers, t, k and y each change the output."""
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5)
     model = ShortcutDiT(cfg, kernels="torch")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    x, t, k, y = _inputs(cfg, 2, gen)
+    model.to(device)
+    x, t, k, y = _inputs(cfg, 2, gen, device)
     base = model(x, t, k, y)
     for changed in ((x, t + 0.5, k, y), (x, t, (k + 1) % 8, y), (x, t, k, (y + 1) % 6)):
         assert not torch.allclose(model(*changed), base)
@@ -67,7 +68,7 @@ def test_official_switches(gen):
     assert dit.blocks[0].adaLN_modulation[1].weight.abs().sum() == 0, "DiT: adaLN-Zero"
 
 
-def test_block_maths_matches_dit(gen):
+def test_block_maths_matches_dit(gen, device):
     """The fused-across-blocks loop equals DiT's per-block formulation."""
     import torch.nn.functional as F
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5, adaln_init="xavier")
@@ -75,7 +76,8 @@ def test_block_maths_matches_dit(gen):
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(generator=gen)
         model.final_layer.adaLN_modulation[1].weight.normal_(std=0.1, generator=gen)
-    x, t, k, y = _inputs(cfg, 2, gen)
+    model.to(device)
+    x, t, k, y = _inputs(cfg, 2, gen, device)
     ln = lambda v: F.layer_norm(v, (v.shape[-1],), eps=1e-6)   # noqa: E731
     mod = lambda v, s, c: v * (1 + c[:, None]) + s[:, None]    # noqa: E731
     h = model.x_embedder(x).flatten(2).transpose(1, 2) + model.pos_embed
@@ -106,10 +108,10 @@ def test_state_dict_layout():
     assert model.y_embedder.embedding_table.weight.shape[0] == 6, "num_classes + 1 rows (null label last)"
 
 
-def test_input_errors(gen):
+def test_input_errors(gen, device):
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5)
-    model = ShortcutDiT(cfg, kernels="torch")
-    x, t, k, y = _inputs(cfg, 2, gen)
+    model = ShortcutDiT(cfg, kernels="torch").to(device)
+    x, t, k, y = _inputs(cfg, 2, gen, device)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3, 8, 8\)"):
         model(x[:, :2], t, k, y)
     with pytest.raises(ValueError, match=r"t must be a tensor of shape \(2,\)"):
@@ -120,8 +122,11 @@ def test_input_errors(gen):
         model(x, k, k, y)
     with pytest.raises(TypeError, match="y must be an int64"):
         model(x, t, k, y.float())
+    with pytest.raises(ValueError, match="y is on meta but x is on"):
+        model(x, t, k, y.to("meta"))
+    # Label values are checked on CPU tensors only (on a GPU the check would sync every forward): CPU here.
     with pytest.raises(ValueError, match=r"y must hold labels in \[0, 5\]"):
-        model(x, t, k, torch.tensor([0, 6]))
+        model.cpu()(x.cpu(), t.cpu(), k.cpu(), torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="kernels must be one of"):
         ShortcutDiT(cfg, kernels="cuda")
     with pytest.raises(ValueError, match="attention must be one of"):

@@ -26,14 +26,15 @@ class LinearField(nn.Module):
         return self.gain * ((s(k) + 1) * x + s(t) + 0.1 * s(y)) + 0 * self.p
 
 
-def _data(B, gen, shape=(1, 4, 4)):
-    return torch.randn(B, *shape, generator=gen), torch.randint(0, 10, (B,), generator=gen)
+def _data(B, gen, shape=(1, 4, 4), device="cpu"):
+    """Data and labels on `device`, drawn from the CPU generator (as the trainer's data comes)."""
+    return torch.randn(B, *shape, generator=gen).to(device), torch.randint(0, 10, (B,), generator=gen).to(device)
 
 
 @pytest.mark.parametrize("B,frac", [(8, 0.125), (8, 0.25), (32, 0.125), (32, 0.25), (256, 0.125), (256, 0.25)])
-def test_level_spread(B, frac, gen):
+def test_level_spread(B, frac, gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=frac)
-    x1, y = _data(B, gen)
+    x1, y = _data(B, gen, device=device)
     batch = shortcut_targets(LinearField(), x1, y, cfg, generator=gen)
     nb = int(B * frac)
     assert batch.num_bootstrap == nb
@@ -49,25 +50,26 @@ def test_level_spread(B, frac, gen):
 
 
 @pytest.mark.parametrize("B", [8, 32])
-def test_all_levels_trained_at_small_batch(B, gen):
+def test_all_levels_trained_at_small_batch(B, gen, device):
     """Official issue #11: with fewer bootstrap items than levels, every level must still be drawn."""
     cfg = ObjectiveConfig(bootstrap_fraction=0.125)
-    seen = torch.zeros(7, dtype=torch.long)
+    seen = torch.zeros(7, dtype=torch.long, device=device)
     for _ in range(60):
-        x1, y = _data(B, gen)
+        x1, y = _data(B, gen, device=device)
         b = shortcut_targets(LinearField(), x1, y, cfg, generator=gen)
         seen += torch.bincount(b.k[: b.num_bootstrap], minlength=7)
     assert (seen > 0).all(), f"levels never trained: {seen.tolist()}"
 
 
-def test_bootstrap_levels_rejects_nothing_silently(gen):
-    assert bootstrap_levels(14, 7, gen, "cpu").tolist() == [6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
-    assert bootstrap_levels(9, 7, gen, "cpu").tolist() == [6, 5, 4, 3, 2, 1, 0, 0, 0]
+def test_bootstrap_levels_rejects_nothing_silently(gen, device):
+    assert bootstrap_levels(14, 7, gen, device).tolist() == [6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
+    assert bootstrap_levels(9, 7, gen, device).tolist() == [6, 5, 4, 3, 2, 1, 0, 0, 0]
+    assert bootstrap_levels(3, 7, gen, device).device.type == torch.device(device).type
 
 
-def test_t_on_level_grid(gen):
+def test_t_on_level_grid(gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=0.25)
-    x1, y = _data(256, gen)
+    x1, y = _data(256, gen, device=device)
     b = shortcut_targets(LinearField(), x1, y, cfg, generator=gen)
     nb = b.num_bootstrap
     steps = 2.0 ** b.k[:nb].float()
@@ -78,23 +80,23 @@ def test_t_on_level_grid(gen):
     assert len(torch.unique(b.t[nb:])) > 20, "flow t should spread over the grid"
 
 
-def test_flow_targets_and_interpolation(gen):
+def test_flow_targets_and_interpolation(gen, device):
     """Flow items: x_t = (1 − (1 − 1e-5)t)x0 + t·x1 and v = x1 − (1 − 1e-5)x0, regenerating x0 from the seed."""
     cfg = ObjectiveConfig(bootstrap_fraction=0.25)
-    x1, y = _data(16, gen)
+    x1, y = _data(16, gen, device=device)
     g1 = torch.Generator().manual_seed(5)
     b = shortcut_targets(LinearField(), x1, y, cfg, generator=g1)
-    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(5))   # first draw of the objective
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(5)).to(device)   # the objective's 1st draw
     nb = b.num_bootstrap
     torch.testing.assert_close(b.v[nb:], x1[nb:] - (1 - 1e-5) * x0[nb:])
     torch.testing.assert_close(b.x_t[nb:], interpolate(x0[nb:], x1[nb:], b.t[nb:]))
     torch.testing.assert_close(b.x_t[:nb], interpolate(x0[:nb], x1[:nb], b.t[:nb]))
 
 
-def test_bootstrap_target_is_mean_of_two_half_steps(gen):
+def test_bootstrap_target_is_mean_of_two_half_steps(gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=0.5, clip=1e6)
     model = LinearField(gain=0.3)
-    x1, y = _data(28, gen)
+    x1, y = _data(28, gen, device=device)
     b = shortcut_targets(model, x1, y, cfg, generator=gen)
     nb = b.num_bootstrap
     x, t, k, yb = b.x_t[:nb], b.t[:nb], b.k[:nb], b.y[:nb]
@@ -110,16 +112,16 @@ def test_bootstrap_target_is_mean_of_two_half_steps(gen):
     assert model.training, "the model's mode is restored"
 
 
-def test_bootstrap_clipping(gen):
+def test_bootstrap_clipping(gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=0.5, clip=4.0)
     model = LinearField(gain=100.0)
-    x1, y = _data(16, gen)
+    x1, y = _data(16, gen, device=device)
     b = shortcut_targets(model, x1, y, cfg, generator=gen)
     nb = b.num_bootstrap
     assert b.v[:nb].abs().max() <= 4.0 and (b.v[:nb].abs() == 4.0).any()
 
 
-def test_x2_is_clipped(gen):
+def test_x2_is_clipped(gen, device):
     seen = {}
 
     class Recorder(LinearField):
@@ -127,15 +129,14 @@ def test_x2_is_clipped(gen):
             seen.setdefault("x", []).append(x.clone())
             return torch.full_like(x, 1e3)
 
-    x1, y = _data(16, gen)
+    x1, y = _data(16, gen, device=device)
     shortcut_targets(Recorder(), x1, y, ObjectiveConfig(bootstrap_fraction=0.5), generator=gen)
     assert seen["x"][1].abs().max() <= 4.0
 
 
-def test_label_dropout_rate(gen):
+def test_label_dropout_rate(gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=0.25, class_dropout_prob=0.1)
-    x1 = torch.randn(4096, 2, generator=gen)
-    y = torch.randint(0, 10, (4096,), generator=gen)
+    x1, y = _data(4096, gen, shape=(2,), device=device)
     b = shortcut_targets(LinearField(), x1, y, cfg, generator=gen)
     nb = b.num_bootstrap
     assert torch.equal(b.y[:nb], y[:nb]), "bootstrap items keep their true labels"
@@ -145,19 +146,19 @@ def test_label_dropout_rate(gen):
     assert torch.equal(b.y[nb:][kept], y[nb:][kept])
 
 
-def test_flow_objective_has_no_bootstrap_items(gen):
-    x1, y = _data(32, gen)
+def test_flow_objective_has_no_bootstrap_items(gen, device):
+    x1, y = _data(32, gen, device=device)
     model = LinearField()
     b = shortcut_targets(model, x1, y, ObjectiveConfig(objective="flow"), generator=gen)
     assert b.num_bootstrap == 0 and (b.k == 7).all() and not model.calls
 
 
-def test_targets_come_from_the_given_network(gen):
+def test_targets_come_from_the_given_network(gen, device):
     """The trainer passes the EMA network; the targets must depend on its weights only."""
     torch.manual_seed(0)
-    live, ema = ShortcutMLP(hidden=32, depth=1), ShortcutMLP(hidden=32, depth=1)
-    x1 = torch.randn(32, 2, generator=gen)
-    y = torch.zeros(32, dtype=torch.long)
+    live, ema = ShortcutMLP(hidden=32, depth=1).to(device), ShortcutMLP(hidden=32, depth=1).to(device)
+    x1 = torch.randn(32, 2, generator=gen).to(device)
+    y = torch.zeros(32, dtype=torch.long, device=device)
     cfg = ObjectiveConfig(bootstrap_fraction=0.5)
     b_ema = shortcut_targets(ema, x1, y, cfg, generator=torch.Generator().manual_seed(1))
     b_live = shortcut_targets(live, x1, y, cfg, generator=torch.Generator().manual_seed(1))
@@ -167,10 +168,10 @@ def test_targets_come_from_the_given_network(gen):
     assert not b_ema.v.requires_grad
 
 
-def test_bootstrap_cfg_guides_finest_level_only(gen):
+def test_bootstrap_cfg_guides_finest_level_only(gen, device):
     cfg = ObjectiveConfig(bootstrap_fraction=0.5, bootstrap_cfg=True, bootstrap_cfg_scale=1.5, clip=1e6)
     model = LinearField(gain=0.3)
-    x1, y = _data(28, gen)
+    x1, y = _data(28, gen, device=device)
     b = shortcut_targets(model, x1, y, cfg, generator=gen)
     nb = b.num_bootstrap
     x, t, k, yb = b.x_t[:nb], b.t[:nb], b.k[:nb], b.y[:nb]
@@ -193,11 +194,11 @@ def test_bootstrap_cfg_guides_finest_level_only(gen):
     torch.testing.assert_close(b.v[:nb], (v1 + v2) / 2)
 
 
-def test_loss_parts(gen):
-    model = ShortcutMLP(hidden=32, depth=1)
-    x1 = torch.randn(16, 2, generator=gen)
-    b = shortcut_targets(model, x1, torch.zeros(16, dtype=torch.long), ObjectiveConfig(bootstrap_fraction=0.25),
-                         generator=gen)
+def test_loss_parts(gen, device):
+    model = ShortcutMLP(hidden=32, depth=1).to(device)
+    x1 = torch.randn(16, 2, generator=gen).to(device)
+    b = shortcut_targets(model, x1, torch.zeros(16, dtype=torch.long, device=device),
+                         ObjectiveConfig(bootstrap_fraction=0.25), generator=gen)
     loss, parts = shortcut_loss(model, b)
     n = b.num_bootstrap
     expected = (n * parts["loss_bootstrap"] + (16 - n) * parts["loss_flow"]) / 16
@@ -217,8 +218,8 @@ def test_bad_config(kwargs, match):
         ObjectiveConfig(**kwargs)
 
 
-def test_bad_inputs(gen):
-    x1, y = _data(8, gen)
+def test_bad_inputs(gen, device):
+    x1, y = _data(8, gen, device=device)
     with pytest.raises(ValueError, match="y must be an int64 tensor of shape"):
         shortcut_targets(LinearField(), x1, y[:4], generator=gen)
     with pytest.raises(ValueError, match="y must be an int64"):

@@ -19,14 +19,15 @@ def run(tmp_path_factory):
     return out, res
 
 
-def _inputs(model, n=3):
+def _inputs(model, n=3, device="cpu"):
     g = torch.Generator().manual_seed(0)
     c = model.cfg
-    return (torch.randn(n, c.in_channels, c.input_size, c.input_size, generator=g), torch.rand(n, generator=g),
-            torch.tensor([0, 3, 7]), torch.tensor([1, 2, c.num_classes]))
+    return (torch.randn(n, c.in_channels, c.input_size, c.input_size, generator=g).to(device),
+            torch.rand(n, generator=g).to(device), torch.tensor([0, 3, 7], device=device),
+            torch.tensor([1, 2, c.num_classes], device=device))
 
 
-def test_checkpoint_round_trip_ema_and_live(run, tmp_path):
+def test_checkpoint_round_trip_ema_and_live(run, tmp_path, device):
     out, _ = run
     d = save_pretrained(str(out / CHECKPOINT), str(tmp_path / "pre"))
     assert sorted(os.listdir(d)) == ["config.json", "ema.safetensors", "model.safetensors"]
@@ -34,24 +35,28 @@ def test_checkpoint_round_trip_ema_and_live(run, tmp_path):
     assert config["model_type"] == "ShortcutDiT" and config["step"] == 3
     assert config["data_info"]["shape"] == [1, 8, 8] and config["data_info"]["num_classes"] == 10
     for weights, use_ema in (("ema", True), ("live", False)):
-        loaded = from_pretrained(d, weights=weights, kernels="torch")
+        loaded = from_pretrained(d, weights=weights, kernels="torch", device=device)
         ref, _ = model_from_checkpoint(str(out / CHECKPOINT), use_ema=use_ema, kernels="torch")
-        assert not loaded.training
+        ref.to(device)
+        assert not loaded.training and next(loaded.parameters()).device.type == device.type
         for (n1, p1), (n2, p2) in zip(loaded.state_dict().items(), ref.state_dict().items()):
             assert n1 == n2 and torch.equal(p1, p2), n1
         with torch.no_grad():
-            torch.testing.assert_close(loaded(*_inputs(loaded)), ref(*_inputs(ref)), rtol=0, atol=0)
+            out_loaded = loaded(*_inputs(loaded, device=device))
+            torch.testing.assert_close(out_loaded, ref(*_inputs(ref, device=device)), rtol=0, atol=0)
+            assert out_loaded.abs().max() > 0, "a trained model predicts v̂ ≠ 0"
     # EMA and live differ (the choice matters), and no optimizer / RNG state is shipped.
     ema, live = from_pretrained(d), from_pretrained(d, weights="live")
     assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), live.parameters()))
     assert os.path.getsize(os.path.join(d, "ema.safetensors")) < os.path.getsize(out / CHECKPOINT) / 2
 
 
-def test_train_result_bare_model_and_mlp(run, tmp_path):
+def test_train_result_bare_model_and_mlp(run, tmp_path, device):
     _, res = run
+    assert next(res.ema.parameters()).device.type == device.type   # trained with device="auto"
     d = save_pretrained(res, str(tmp_path / "res"), weights="ema")
     assert sorted(os.listdir(d)) == ["config.json", "ema.safetensors"]
-    for a, b in zip(from_pretrained(d).parameters(), res.ema.parameters()):
+    for a, b in zip(from_pretrained(d, device=device).parameters(), res.ema.parameters()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="holds weights \\['ema'\\], not 'live'"):
         from_pretrained(d, weights="live")
@@ -65,9 +70,10 @@ def test_train_result_bare_model_and_mlp(run, tmp_path):
     mlp = train(TrainConfig(data="moons", steps=2, batch_size=8, out_dir=str(tmp_path / "moons"), progress=False,
                             grid_steps=(1,)))
     d3 = save_pretrained(str(tmp_path / "moons" / CHECKPOINT), str(tmp_path / "mlp"))
-    m3 = from_pretrained(d3)
-    x = torch.randn(4, 2)
-    args = (x, torch.zeros(4), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    m3 = from_pretrained(d3, device=device)
+    x = torch.randn(4, 2, device=device)
+    args = (x, torch.zeros(4, device=device), torch.zeros(4, dtype=torch.long, device=device),
+            torch.zeros(4, dtype=torch.long, device=device))
     with torch.no_grad():
         torch.testing.assert_close(m3(*args), mlp.ema(*args))
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import cuda
 
 from shortcut import ObjectiveConfig, TrainConfig, train
 from shortcut.cli import build_parser, config_from_args, main
@@ -35,15 +36,17 @@ def test_train_writes_metrics_checkpoint_and_grid(tmp_path):
     p_live = next(res.model.parameters())
     p_ema = next(res.ema.parameters())
     assert not torch.equal(p_live, p_ema)
-    model, cfg = model_from_checkpoint(str(run / CHECKPOINT))
-    torch.testing.assert_close(next(model.parameters()), p_ema)
+    model, cfg = model_from_checkpoint(str(run / CHECKPOINT))                  # loaded on the CPU
+    torch.testing.assert_close(next(model.parameters()), p_ema.cpu())
 
 
 def test_exact_resume(tmp_path):
-    full = train(_cfg(tmp_path / "a"))
-    part_cfg = _cfg(tmp_path / "b", steps=3)
+    """Bitwise, so on the CPU: on CUDA the label table's gradient is accumulated with float atomics
+    (index_add_ in shortcut_kernels.conditioning), whose order, and so whose last bits, vary run to run."""
+    full = train(_cfg(tmp_path / "a", device="cpu"))
+    part_cfg = _cfg(tmp_path / "b", steps=3, device="cpu")
     train(part_cfg)
-    resumed = train(_cfg(tmp_path / "b", resume=True))
+    resumed = train(_cfg(tmp_path / "b", resume=True, device="cpu"))
     losses_full = [r["loss"] for r in full.history]
     losses_resumed = [r["loss"] for r in resumed.history]
     assert losses_resumed == losses_full[3:], "losses after resuming equal the uninterrupted run's"
@@ -51,6 +54,17 @@ def test_exact_resume(tmp_path):
     assert rows == [1, 2, 3, 4, 5, 6]
     for a, b in zip(full.ema.parameters(), resumed.ema.parameters()):
         assert torch.equal(a, b)
+
+
+@cuda
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
+    "library bug: train() loads the checkpoint with map_location=<the CUDA device>, which moves the saved RNG "
+    "states (CPU ByteTensors) to the GPU; torch.Generator.set_state, torch.set_rng_state and "
+    "torch.cuda.set_rng_state take CPU ByteTensors only ('RNG state must be a torch.ByteTensor'). "
+    "Fix: keep ckpt['rng'] on the CPU"))
+def test_cuda_resume(tmp_path):
+    train(_cfg(tmp_path, steps=2, device="cuda"))
+    assert train(_cfg(tmp_path, steps=3, resume=True, device="cuda")).history[-1]["step"] == 3
 
 
 def test_resume_truncates_metrics_past_checkpoint(tmp_path):
@@ -104,8 +118,8 @@ def test_targets_come_from_ema(tmp_path, monkeypatch):
     assert all(net is res.model for net in seen)
 
 
-def test_ema_update_maths():
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+def test_ema_update_maths(device):
+    a, b = torch.nn.Linear(2, 2).to(device), torch.nn.Linear(2, 2).to(device)
     expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
     ema_update(a, b, 0.9)
     torch.testing.assert_close(a.weight.detach(), expected)
@@ -137,7 +151,7 @@ def test_cli_builds_config():
     assert cfg.batch_size == TrainConfig().batch_size
 
 
-def test_cli_train_eval_sample(tmp_path, capsys):
+def test_cli_train_eval_sample(tmp_path, capsys, device):
     out = tmp_path / "cli"
     main(["train", "--data", "8gaussians", "--steps", "2", "--batch-size", "8", "--out-dir", str(out),
           "--progress", "false"])
@@ -149,7 +163,7 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     main(["sample", "--ckpt", str(out / CHECKPOINT), "--steps", "1", "4", "--n", "20", "--out", str(png),
           "--graph"])
     captured = capsys.readouterr()
-    assert png.exists() and "--graph needs CUDA" in captured.err
+    assert png.exists() and ("--graph needs CUDA" in captured.err) == (device.type != "cuda")
 
 
 def test_cli_resume_keeps_the_runs_settings(tmp_path, capsys):
