@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import os
-import sys
 import time
 import types
 import warnings
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import distributed as D
 from .config import ModelConfig, TrainConfig
@@ -137,29 +137,6 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
-class Progress:
-    """A one-line progress bar on stderr: step, loss, it/s."""
-
-    def __init__(self, total, start, enabled, unit="it", label=""):
-        self.total, self.enabled, self.t0, self.s0, self.unit = total, enabled, time.perf_counter(), start, unit
-        self.label = f"{label} " if label else ""
-
-    def update(self, step, loss=None):
-        if not self.enabled:
-            return
-        rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
-        width = 24
-        done = int(width * step / max(self.total, 1))
-        tail = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(f"\r{self.label}[{'#' * done}{'.' * (width - done)}] {step}/{self.total}{tail} "
-                         f"{rate:.1f} {self.unit}/s")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 def data_options(cfg):
     """Keyword arguments for make_dataset: built-in datasets take none; folders and latents take the image ones."""
     if cfg.data == "digits" or cfg.data in TOY_2D:
@@ -271,11 +248,12 @@ def _train(cfg, env):
     decode = _decoder(dataset, device) if env.is_main or fsdp else None
     target_net = ema if cfg.targets == "ema" else raw
     history = []
-    bar = Progress(cfg.steps, start, cfg.progress and env.is_main)
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.progress and env.is_main),
+               dynamic_ncols=True)
     t_last, s_last = time.perf_counter(), start
     model.train()
     log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
-    with log:
+    with log, bar:
         for step in range(start + 1, cfg.steps + 1):
             nb = D.bootstrap_counts(cfg.batch_size, cfg.objective.bootstrap_fraction, S, step)
             sums = []   # per micro-batch: items, loss·n, flow loss·n, flow n, bootstrap loss·n, bootstrap n
@@ -291,7 +269,7 @@ def _train(cfg, env):
                         with nvtx_range("forward"):
                             batch = shortcut_targets(target_net, x1, y, obj, generator=gens[a])
                             loss, parts = shortcut_loss(model, batch)
-                    _check_finite(loss, step, ckpt_path, cfg, env, bar)
+                    _check_finite(loss, step, ckpt_path, cfg, env)
                     with nvtx_range("backward"):
                         (loss / A if A > 1 else loss).backward()
                 sums.append(_loss_sums(loss, parts, batch))
@@ -308,12 +286,12 @@ def _train(cfg, env):
                 if env.is_main:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-                bar.update(step, row["loss"])
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+            bar.update(1)
             if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps and decode is not None:
                 _grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device, cfg, decode, env)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint(step)
-    bar.close()
     if decode is not None:
         _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
     if fsdp:   # hand back ordinary modules: sharded ones are unusable once the process group is gone
@@ -340,13 +318,12 @@ def _grad_sync(model, env, fsdp, sync):
     return model.no_sync()
 
 
-def _check_finite(loss, step, ckpt_path, cfg, env, bar):
+def _check_finite(loss, step, ckpt_path, cfg, env):
     """Stop on a non-finite loss — on every rank at once (one rank alone would leave the others waiting)."""
     flag = loss.detach().float().reshape(1)
     if env.distributed:
         flag = D.all_reduce_sum(flag.clone(), env)
     if not torch.isfinite(flag).all():
-        bar.close()
         raise FloatingPointError(
             f"non-finite loss ({loss.item()}) at step {step}; stopping. The last good checkpoint "
             f"{ckpt_path if os.path.exists(ckpt_path) else '(none yet)'} is left as it was. "
