@@ -18,6 +18,34 @@ import torch
 from .config import ObjectiveConfig, TrainConfig
 
 
+class CommandError(Exception):
+    """Bad input found by the CLI itself; main() reports it like the library's ValueErrors."""
+
+
+class ExitError(SystemExit):
+    """Exit status 2 after the one-line message on stderr; str() is the message."""
+
+    def __init__(self, message):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+# What a user's input can cause: bad values (ValueError, from the library's checks), missing, existing or
+# unreadable files (OSError), a missing optional extra (ImportError, whose message says what to install).
+# Anything else is a bug and keeps its traceback; SHORTCUT_TRACEBACK=1 shows it for these too.
+USER_ERRORS = (CommandError, ValueError, OSError, ImportError)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """argparse's errors as one line, like the others (argparse prints the usage block too)."""
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise ExitError(message)
+
+
 def _parse_value(text):
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
     low = text.lower()
@@ -79,7 +107,7 @@ def config_from_args(args, base=None):
     for item in getattr(args, "model", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--model expects KEY=VALUE (a ModelConfig field), got {item!r}")
+            raise CommandError(f"--model expects KEY=VALUE (a model setting, e.g. depth=6), got {item!r}")
         overrides[key] = _parse_value(value)
     return dataclasses.replace(base, objective=dataclasses.replace(base.objective, **obj),
                                model_overrides=overrides, **top)
@@ -90,19 +118,18 @@ CFG_HELP = ("guidance weight w; default: where the official code applies it (mod
 FORCE_CFG_HELP = "allow --cfg-scale at step counts whose levels never trained the null label"
 
 
-def check_guidance(model, steps, cfg_scale, force_cfg, command):
+def check_guidance(model, steps, cfg_scale, force_cfg):
     """Refuse an explicit --cfg-scale the model was never trained for before any sampling: one line, exit 2."""
     from .sampler import guidance_scales, schedule_for
     try:
         for s in steps:
             guidance_scales(model, schedule_for(model, s), cfg_scale, force_cfg)
     except ValueError as e:
-        print(f"shortcut {command}: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise CommandError(str(e)) from None
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="shortcut", description="Shortcut models: one-step diffusion.")
+    p = Parser(prog="shortcut", description="Shortcut models: one-step diffusion.")
     sub = p.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)")
@@ -181,12 +208,25 @@ def build_parser():
 
 
 def main(argv=None):
+    """The `shortcut` command. Bad input (a wrong value, a missing or unsafe file) ends with one line on
+    stderr and exit status 2, without a traceback."""
     args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except USER_ERRORS as e:
+        if os.environ.get("SHORTCUT_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"shortcut {args.command}: error: {message}", file=sys.stderr)
+        raise ExitError(message) from None
+
+
+def run(args):
     if args.command == "train":
         base = None
         if args.recipe:
             if args.data is None:
-                raise SystemExit("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
+                raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
             base = TrainConfig.recipe(args.recipe, data=args.data)
         elif args.resume:
             base = _resumed_config(args.out_dir or TrainConfig().out_dir)
@@ -227,11 +267,11 @@ def _resumed_config(out_dir):
     """`--resume`: the run's own TrainConfig from its checkpoint, so flags not given keep the run's values
     (resuming with the defaults would silently change lr, batch size, EMA, ...). Memory-mapped: no weights
     are read."""
-    from .train import CHECKPOINT
+    from .train import CHECKPOINT, load_checkpoint
     path = os.path.join(out_dir, CHECKPOINT)
     if not os.path.exists(path):
-        raise SystemExit(f"--resume: no checkpoint at {path} (pass the run's --out-dir)")
-    return TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"])
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} (pass the run's --out-dir)")
+    return TrainConfig.from_dict(load_checkpoint(path, mmap=True)["config"])
 
 
 def eval_cmd(args):
@@ -253,9 +293,9 @@ def eval_cmd(args):
             results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
             kind = ["energy", "swd"]
         else:
-            raise SystemExit(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
+            raise CommandError(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):
-            raise SystemExit(f"--ckpt: checkpoints of different kinds of data cannot share a table ({ckpt})")
+            raise CommandError(f"--ckpt: checkpoints of different kinds of data cannot share a table ({ckpt})")
         metrics = kind
     print(format_table(results, metrics))
 
@@ -276,20 +316,20 @@ def fid_cmd(args):
     from .fid import evaluate_fid, inception_features, reference_stats
     from .train import resolve_device
     if not args.fid_ref:
-        raise SystemExit("--fid needs --fid-ref: an .npz with mu/sigma, or the image folder to compute it from")
+        raise CommandError("--fid needs --fid-ref: an .npz with mu/sigma, or the image folder to compute it from")
     device = resolve_device(args.device)
     results = {}
     ref = None
     for ckpt in args.ckpt:
         model, info, decode = load_for_sampling(ckpt, device, live=args.live)
-        check_guidance(model, args.steps, args.cfg_scale, args.force_cfg, "eval")
+        check_guidance(model, args.steps, args.cfg_scale, args.force_cfg)
         if args.force_cfg and args.cfg_scale is not None:
             model.guidance = None   # fid.py samples through the plain API: no record, every explicit w is allowed
         if ref is None:
             try:
                 features = inception_features(device, args.inception_weights)
             except (RuntimeError, FileNotFoundError) as e:
-                raise SystemExit(f"--fid: {e}")
+                raise CommandError(f"--fid: {e}") from None
             ref = reference_stats(args.fid_ref, features, image_size=args.image_size, n=args.fid_ref_n,
                                   batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
                                   save=args.fid_ref_out)
@@ -328,7 +368,7 @@ def sample_cmd(args):
     from .train import resolve_device
     device = resolve_device(args.device)
     model, info, decode = load_for_sampling(args.ckpt, device)
-    check_guidance(model, args.steps, args.cfg_scale, args.force_cfg, "sample")
+    check_guidance(model, args.steps, args.cfg_scale, args.force_cfg)
     shape, num_classes = tuple(info["shape"]), info["num_classes"]
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *shape, generator=g).to(device)

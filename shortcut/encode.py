@@ -19,6 +19,7 @@ import os
 import shutil
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import LATENT_FORMAT, MANIFEST, ImageFolder
 
@@ -80,7 +81,6 @@ def encode_folder(data, out, vae, image_size=256, batch_size=64, flip=True, mode
     """
     from safetensors.torch import save_file
 
-    from .train import Progress
     if mode not in ("posterior", "mean"):
         raise ValueError(f"mode must be 'posterior' or 'mean', got {mode!r}")
     if dtype not in ("float32", "float16", "bfloat16"):
@@ -109,7 +109,7 @@ def encode_folder(data, out, vae, image_size=256, batch_size=64, flip=True, mode
         g = torch.Generator(device).manual_seed(seed)
         shards, buf_z, buf_y, shape = [], [], [], None
         total = len(images) * (2 if flip else 1)
-        bar = Progress(total, 0, progress, unit="img")
+        bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True)
 
         def flush():
             z, y = torch.cat(buf_z), torch.cat(buf_y)
@@ -119,7 +119,6 @@ def encode_folder(data, out, vae, image_size=256, batch_size=64, flip=True, mode
             buf_z.clear()
             buf_y.clear()
 
-        done = 0
         for x, y in loader:
             z = vae_encode(vae, x, scale, mode, g).cpu()
             if flip:   # entries in order: image, its mirror
@@ -131,8 +130,7 @@ def encode_folder(data, out, vae, image_size=256, batch_size=64, flip=True, mode
                 buf_y.append(y[i:i + 1].long())
                 if len(buf_z) == shard_size:
                     flush()
-            done += z.shape[0]
-            bar.update(done)
+            bar.update(z.shape[0])
         if buf_z:
             flush()
         bar.close()

@@ -41,7 +41,7 @@ def digits_classifier(seed=0, steps=600):
     path = os.path.join(cache_dir(), f"digits_classifier_s{seed}_n{steps}.pt")
     if os.path.exists(path):
         clf = DigitsClassifier()
-        clf.load_state_dict(torch.load(path, map_location="cpu"))
+        clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return clf.eval()
     data = load_digits()
     g = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ import tempfile
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .eval import frechet_from_stats
 from .sampler import sample
@@ -134,8 +135,7 @@ def inception_features(device="cpu", weights=None):
 # Statistics of data and of a model
 
 def _progress(total, enabled, label):
-    from .train import Progress
-    return Progress(total, 0, enabled, unit="img", label=label)
+    return tqdm(total=total, desc=label, unit="img", disable=not enabled, dynamic_ncols=True)
 
 
 @torch.no_grad()
@@ -153,11 +153,10 @@ def dataset_stats(features, dataset, n=None, batch_size=100, num_workers=0, deco
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[[(i, False) for i in range(s, min(s + batch_size, total))]
                                 for s in range(0, total, batch_size)], num_workers=num_workers)
-    stats, bar, done = FeatureStats(), _progress(total, progress, "reference"), 0
+    stats, bar = FeatureStats(), _progress(total, progress, "reference")
     for x, _ in loader:
         stats.add(features(decode(x) if decode else x))
-        done += x.shape[0]
-        bar.update(done)
+        bar.update(x.shape[0])
     bar.close()
     return stats
 
@@ -181,7 +180,7 @@ def model_stats(model, features, n, steps, shape, num_classes=0, batch_size=100,
         y = labels[i:i + b].to(device) if labels is not None else None
         x = sample(model, noise, steps, y=y, cfg_scale=cfg_scale)
         stats.add(features(decode(x) if decode else x))
-        bar.update(i + b)
+        bar.update(b)
     bar.close()
     return stats
 

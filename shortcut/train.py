@@ -13,9 +13,13 @@ it resumes on any world size, exactly when world_size × grad_accum is unchanged
 """
 import contextlib
 import copy
+import dataclasses
+import inspect
 import json
+import numbers
 import os
-import sys
+import pickle
+import re
 import time
 import types
 import warnings
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import distributed as D
 from .config import ModelConfig, TrainConfig
@@ -33,6 +38,8 @@ from .profiling import nvtx_range
 from .sampler import sample
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+TMP_TAG = ".tmp"   # a save writes NAME.tmp<pid> and renames it to NAME
 
 
 @dataclass
@@ -90,10 +97,58 @@ def build_model(cfg: TrainConfig, dataset):
     return model
 
 
-def load_checkpoint(path, map_location="cpu"):
-    if not os.path.exists(path):
+# ModelConfig fields that come from the data (image side, channels, classes), not from --model.
+DATA_FIELDS = ("input_size", "in_channels", "num_classes")
+
+
+def _numpy_scalar_types():
+    """What unpickling a numpy number needs (numpy's scalar constructor and the dtypes): data only."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray.scalar, np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefd"}]
+
+
+def check_model_overrides(overrides, is_image):
+    """model_overrides (`--model KEY=VALUE`) must name settings of the network built for the data (ModelConfig
+    fields for images, ShortcutMLP arguments for 2-D data) with values of the default's type."""
+    if is_image:
+        accepted = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in DATA_FIELDS}
+        what = "image data (ModelConfig)"
+    else:
+        accepted = {name: p.default for name, p in inspect.signature(ShortcutMLP).parameters.items()
+                    if name not in ("dim", "num_classes")}
+        what = "2-D data (ShortcutMLP)"
+    for key, value in overrides.items():
+        if key not in accepted:
+            raise ValueError(f"unknown model setting {key!r} (--model KEY=VALUE); {what} accepts "
+                             f"{', '.join(accepted)}")
+        want = type(accepted[key])
+        kinds = {int: numbers.Integral, float: numbers.Real}.get(want, want)   # numpy numbers count too
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, kinds):
+            kind = {bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(want, want.__name__)
+            raise ValueError(f"model setting {key}={value!r}: expected {kind}")
+
+
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """A checkpoint as a dict, read with torch.load(weights_only=True): only tensors, containers and plain
+    values are rebuilt, so loading a downloaded file cannot run code (a full pickle can call any function).
+    Checkpoints hold nothing else (configs as dicts, RNG states as uint8 tensors); a file that needs more
+    is refused with a ValueError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_types()):   # checkpoints written before _plain
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:   # torch's weights-only unpickler met something it will not rebuild
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"a Python object ({found.group(1)})" if found else "pickle data other than tensors and plain values"
+        raise ValueError(f"refusing to load {path!r}: it holds {what}, and loading it could run code. shortcut "
+                         f"checkpoints hold only tensors and plain values; this file was not written by "
+                         f"shortcut.train") from None
+    except (RuntimeError, EOFError, KeyError) as e:   # not a torch.save file, truncated or empty
+        detail = str(e).strip().split("\n")[0]
+        raise ValueError(f"{path!r} is not a readable checkpoint: not a torch.save file, or a truncated one "
+                         f"({type(e).__name__}{': ' + detail if detail else ''})") from None
 
 
 def model_from_checkpoint(ckpt, use_ema=True, kernels="auto", map_location="cpu"):
@@ -145,37 +200,45 @@ def ema_update(ema, model, decay):
 
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file then rename: a crash never leaves a half-written checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """torch.save to a temporary file, flushed to disk, then renamed over `path`: a crash or an error while
+    saving leaves the previous file as it was (a SIGKILL can leave the temporary file: remove_stale_temps)."""
+    tmp = f"{path}{TMP_TAG}{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-class Progress:
-    """A one-line progress bar on stderr: step, loss, it/s."""
+def remove_stale_temps(out_dir):
+    """Delete the temporary files of saves that a killed process never finished (checkpoint, metrics)."""
+    for name in sorted(os.listdir(out_dir)):
+        if any(name.startswith(base + TMP_TAG) for base in (CHECKPOINT, METRICS)):
+            os.remove(os.path.join(out_dir, name))
+            warnings.warn(f"removed {os.path.join(out_dir, name)}, left by an interrupted save", stacklevel=3)
 
-    def __init__(self, total, start, enabled, unit="it", label=""):
-        self.total, self.enabled, self.t0, self.s0, self.unit = total, enabled, time.perf_counter(), start, unit
-        self.label = f"{label} " if label else ""
 
-    def update(self, step, loss=None):
-        if not self.enabled:
-            return
-        rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
-        width = 24
-        done = int(width * step / max(self.total, 1))
-        tail = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(f"\r{self.label}[{'#' * done}{'.' * (width - done)}] {step}/{self.total}{tail} "
-                         f"{rate:.1f} {self.unit}/s")
-        sys.stderr.flush()
+def _plain(value):
+    """Plain values as Python builtins (numpy scalars -> int/float: a config built with numpy numbers, the
+    optimizer's lr from it), so that weights-only loading needs no allow-list for checkpoints written now."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
 
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
+
+def _to_cpu(value):
+    """Tensors inside nested dicts / lists moved to the CPU."""
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value.cpu() if torch.is_tensor(value) else value
 
 
 def data_options(cfg):
@@ -226,12 +289,13 @@ def _train(cfg, env):
         raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world_size × grad_accum "
                          f"({env.world_size} × {A} = {S}): it is the global batch, split into equal shards")
     shards = list(range(env.rank * A, (env.rank + 1) * A))
-    dataset = make_dataset(cfg.data, **data_options(cfg))   # bad data fails before anything is written
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT)
-
+    # Bad data or model settings fail before anything is written.
+    dataset = make_dataset(cfg.data, **data_options(cfg))
+    check_model_overrides(cfg.model_overrides, dataset.is_image)
     torch.manual_seed(cfg.seed)
     raw = build_model(cfg, dataset).to(device)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT)
     ema = copy.deepcopy(raw).requires_grad_(False).eval()
     fsdp = env.distributed and cfg.parallel == "fsdp"
     shadow = copy.deepcopy(raw).cpu() if fsdp else None   # unsharded copy for FSDP checkpoints
@@ -246,7 +310,10 @@ def _train(cfg, env):
     if cfg.resume:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu" if fsdp else device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu" if fsdp else device)
+        # RNG states must stay CPU ByteTensors (Generator.set_state, torch(.cuda).set_rng_state take no others),
+        # whatever device the weights were mapped to.
+        ckpt["rng"] = _to_cpu(ckpt["rng"])
         _check_resumable(ckpt["config"], cfg)
         start = ckpt["step"]
         _load_weights(ckpt, raw, ema, opt, fsdp, shadow)
@@ -255,8 +322,9 @@ def _train(cfg, env):
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         del ckpt
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    metrics_path = os.path.join(cfg.out_dir, METRICS)
     if env.is_main:
+        remove_stale_temps(cfg.out_dir)
         _truncate_metrics(metrics_path, start)
     data_info = dataset.info()
 
@@ -264,8 +332,10 @@ def _train(cfg, env):
         states = [s for rank_states in D.gather_objects([g.get_state() for g in gens], env) for s in rank_states]
         weights = _full_state(model, raw, ema, opt, fsdp, shadow)
         if env.is_main:
-            save_atomic({**weights, "step": step, "config": cfg.to_dict(), "data_info": data_info,
-                         "architecture": architecture(raw), "guidance": raw.guidance,
+            optim = {**weights["optimizer"], "param_groups": _plain(weights["optimizer"]["param_groups"])}
+            save_atomic({**weights, "optimizer": optim, "step": step, "config": _plain(cfg.to_dict()),
+                         "data_info": _plain(data_info), "architecture": _plain(architecture(raw)),
+                         "guidance": _plain(raw.guidance),
                          "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
                          "rng": {"generator": states[0], "generators": states, "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
@@ -276,11 +346,12 @@ def _train(cfg, env):
     decode = _decoder(dataset, device) if env.is_main or fsdp else None
     target_net = ema if cfg.targets == "ema" else raw
     history = []
-    bar = Progress(cfg.steps, start, cfg.progress and env.is_main)
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.progress and env.is_main),
+               dynamic_ncols=True)
     t_last, s_last = time.perf_counter(), start
     model.train()
     log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
-    with log:
+    with log, bar:
         for step in range(start + 1, cfg.steps + 1):
             # Shards: the global batch's bootstrap levels, dealt out. One process: shortcut_targets draws
             # them itself, exactly as the objective API does in a user's own loop.
@@ -299,7 +370,7 @@ def _train(cfg, env):
                             batch = shortcut_targets(target_net, x1, y, cfg.objective, generator=gens[a],
                                                      levels=levels[j] if levels is not None else None)
                             loss, parts = shortcut_loss(model, batch)
-                    _check_finite(loss, step, ckpt_path, cfg, env, bar)
+                    _check_finite(loss, step, ckpt_path, cfg, env)
                     with nvtx_range("backward"):
                         (loss / A if A > 1 else loss).backward()
                 sums.append(_loss_sums(loss, parts, batch))
@@ -316,12 +387,12 @@ def _train(cfg, env):
                 if env.is_main:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-                bar.update(step, row["loss"])
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+            bar.update(1)
             if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps and decode is not None:
                 _grid(ema, dataset, os.path.join(cfg.out_dir, f"samples_{step:07d}.png"), device, cfg, decode, env)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 checkpoint(step)
-    bar.close()
     if decode is not None:
         _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
     if fsdp:   # hand back ordinary modules: sharded ones are unusable once the process group is gone
@@ -348,13 +419,12 @@ def _grad_sync(model, env, fsdp, sync):
     return model.no_sync()
 
 
-def _check_finite(loss, step, ckpt_path, cfg, env, bar):
+def _check_finite(loss, step, ckpt_path, cfg, env):
     """Stop on a non-finite loss — on every rank at once (one rank alone would leave the others waiting)."""
     flag = loss.detach().float().reshape(1)
     if env.distributed:
         flag = D.all_reduce_sum(flag.clone(), env)
     if not torch.isfinite(flag).all():
-        bar.close()
         raise FloatingPointError(
             f"non-finite loss ({loss.item()}) at step {step}; stopping. The last good checkpoint "
             f"{ckpt_path if os.path.exists(ckpt_path) else '(none yet)'} is left as it was. "
@@ -457,13 +527,29 @@ def _check_resumable(saved, cfg):
 
 
 def _truncate_metrics(path, step):
-    """Drop metric rows past `step` (written by an interrupted run after its last checkpoint)."""
+    """Keep the metric rows up to `step` (the checkpoint's): an interrupted run may have logged past its last
+    checkpoint, and a kill mid-write leaves a torn last line, dropped with a warning. Rewritten atomically."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
+        lines = [(i + 1, line) for i, line in enumerate(f.read().split("\n")) if line.strip()]
+    rows = []
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number != lines[-1][0]:
+                raise ValueError(f"{path}, line {number}: not a JSON row ({line[:60]!r}); a crash can only tear the "
+                                 f"last line, so this file was edited: fix or remove that line") from None
+            warnings.warn(f"{path}: dropped a torn last line ({line[:60]!r}) left by an interrupted run",
+                          stacklevel=4)
+            continue
+        if row["step"] <= step:
+            rows.append(line + "\n")
+    tmp = f"{path}{TMP_TAG}{os.getpid()}"
+    with open(tmp, "w") as f:
         f.writelines(rows)
+    os.replace(tmp, path)
 
 
 def _decoder(dataset, device):

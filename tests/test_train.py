@@ -57,12 +57,9 @@ def test_exact_resume(tmp_path):
 
 
 @cuda
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "library bug: train() loads the checkpoint with map_location=<the CUDA device>, which moves the saved RNG "
-    "states (CPU ByteTensors) to the GPU; torch.Generator.set_state, torch.set_rng_state and "
-    "torch.cuda.set_rng_state take CPU ByteTensors only ('RNG state must be a torch.ByteTensor'). "
-    "Fix: keep ckpt['rng'] on the CPU"))
 def test_cuda_resume(tmp_path):
+    """The checkpoint's weights are mapped to the GPU, its RNG states stay CPU ByteTensors (set_state takes no
+    other)."""
     train(_cfg(tmp_path, steps=2, device="cuda"))
     assert train(_cfg(tmp_path, steps=3, resume=True, device="cuda")).history[-1]["step"] == 3
 
