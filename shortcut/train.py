@@ -13,15 +13,9 @@ it resumes on any world size, exactly when world_size × grad_accum is unchanged
 """
 import contextlib
 import copy
-import dataclasses
-import inspect
 import json
-import numbers
 import os
-import pickle
-import re
 import time
-import types
 import warnings
 from dataclasses import dataclass, field
 
@@ -30,16 +24,20 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .config import ModelConfig, TrainConfig
+from .build import DATA_FIELDS, build_model, check_model_overrides, data_shape
+from .checkpoint import (CHECKPOINT, METRICS, TMP_TAG, _plain, _to_cpu, checkpoint_data_info, checkpoint_model,
+                         load_checkpoint, model_from_checkpoint, remove_stale_temps, save_atomic)
+from .config import TrainConfig
 from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
-from .model import ShortcutDiT, ShortcutMLP, architecture, model_from_architecture
+from .model import architecture
 from .objective import shortcut_loss, shortcut_targets
 from .profiling import nvtx_range
 from .sampler import sample
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-TMP_TAG = ".tmp"   # a save writes NAME.tmp<pid> and renames it to NAME
+# Checkpoint and model-building helpers live in checkpoint.py / build.py; imported from here too.
+__all__ = ["train", "TrainResult", "resolve_device", "ema_update", "save_grid", "CHECKPOINT", "METRICS", "DATA_FIELDS",
+           "build_model", "check_model_overrides", "data_shape", "checkpoint_data_info", "checkpoint_model",
+           "load_checkpoint", "model_from_checkpoint", "remove_stale_temps", "save_atomic"]
 
 
 @dataclass
@@ -62,126 +60,6 @@ def resolve_device(name):
     return dev
 
 
-def data_shape(info):
-    """A Dataset, or the `info()` dict a checkpoint keeps, as an object with shape / num_classes / is_image."""
-    if isinstance(info, dict):
-        return types.SimpleNamespace(shape=tuple(info["shape"]), num_classes=info["num_classes"],
-                                     is_image=len(info["shape"]) == 3, latent=info.get("latent"))
-    return info
-
-
-def build_model(cfg: TrainConfig, dataset):
-    """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data.
-
-    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store). Flow-matching
-    runs ignore k (official ignore_dt) unless model_overrides say otherwise; `model.guidance` records what
-    the objective teaches about guidance (ObjectiveConfig.guidance).
-    """
-    dataset = data_shape(dataset)
-    preset = cfg.preset
-    if preset == "auto":
-        preset = "digits" if dataset.is_image else "mlp"
-    overrides = {"ignore_k": cfg.objective.objective == "flow", **cfg.model_overrides}
-    if not dataset.is_image:
-        if preset != "mlp":
-            raise ValueError(f"2-D data trains the 'mlp' model, got preset {cfg.preset!r}")
-        model = ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
-    elif preset == "mlp":
-        raise ValueError("preset 'mlp' is for 2-D data; image data needs a DiT preset")
-    else:
-        c, h, _ = dataset.shape
-        mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
-                                  num_classes=dataset.num_classes, **overrides)
-        model = ShortcutDiT(mcfg, kernels=cfg.kernels)
-    model.guidance = cfg.objective.guidance(dataset.num_classes)
-    return model
-
-
-# ModelConfig fields that come from the data (image side, channels, classes), not from --model.
-DATA_FIELDS = ("input_size", "in_channels", "num_classes")
-
-
-def _numpy_scalar_types():
-    """What unpickling a numpy number needs (numpy's scalar constructor and the dtypes): data only."""
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray.scalar, np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefd"}]
-
-
-def check_model_overrides(overrides, is_image):
-    """model_overrides (`--model KEY=VALUE`) must name settings of the network built for the data (ModelConfig
-    fields for images, ShortcutMLP arguments for 2-D data) with values of the default's type."""
-    if is_image:
-        accepted = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in DATA_FIELDS}
-        what = "image data (ModelConfig)"
-    else:
-        accepted = {name: p.default for name, p in inspect.signature(ShortcutMLP).parameters.items()
-                    if name not in ("dim", "num_classes")}
-        what = "2-D data (ShortcutMLP)"
-    for key, value in overrides.items():
-        if key not in accepted:
-            raise ValueError(f"unknown model setting {key!r} (--model KEY=VALUE); {what} accepts "
-                             f"{', '.join(accepted)}")
-        want = type(accepted[key])
-        kinds = {int: numbers.Integral, float: numbers.Real}.get(want, want)   # numpy numbers count too
-        if isinstance(value, bool) != (want is bool) or not isinstance(value, kinds):
-            kind = {bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(want, want.__name__)
-            raise ValueError(f"model setting {key}={value!r}: expected {kind}")
-
-
-def load_checkpoint(path, map_location="cpu", mmap=False):
-    """A checkpoint as a dict, read with torch.load(weights_only=True): only tensors, containers and plain
-    values are rebuilt, so loading a downloaded file cannot run code (a full pickle can call any function).
-    Checkpoints hold nothing else (configs as dicts, RNG states as uint8 tensors); a file that needs more
-    is refused with a ValueError naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_types()):   # checkpoints written before _plain
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:   # torch's weights-only unpickler met something it will not rebuild
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"a Python object ({found.group(1)})" if found else "pickle data other than tensors and plain values"
-        raise ValueError(f"refusing to load {path!r}: it holds {what}, and loading it could run code. shortcut "
-                         f"checkpoints hold only tensors and plain values; this file was not written by "
-                         f"shortcut.train") from None
-    except (RuntimeError, EOFError, KeyError) as e:   # not a torch.save file, truncated or empty
-        detail = str(e).strip().split("\n")[0]
-        raise ValueError(f"{path!r} is not a readable checkpoint: not a torch.save file, or a truncated one "
-                         f"({type(e).__name__}{': ' + detail if detail else ''})") from None
-
-
-def model_from_checkpoint(ckpt, use_ema=True, kernels="auto", map_location="cpu"):
-    """Rebuild the (EMA) model of a checkpoint path or loaded dict. Returns (model in eval mode, TrainConfig)."""
-    if isinstance(ckpt, (str, os.PathLike)):
-        ckpt = load_checkpoint(ckpt, map_location)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    cfg.kernels = kernels
-    model = checkpoint_model(ckpt, kernels)
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
-    return model.eval(), cfg
-
-
-def checkpoint_model(ckpt, kernels="auto"):
-    """The network a loaded checkpoint describes (fresh weights), with its guidance record."""
-    if "architecture" in ckpt:   # the network as trained, whatever build_model's defaults have become
-        model = model_from_architecture(ckpt["architecture"], kernels)
-        model.guidance = ckpt.get("guidance")
-        return model
-    # Older checkpoints: rebuilt from the config; k was never ignored then.
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    cfg.kernels = kernels
-    cfg.model_overrides = {"ignore_k": False, **cfg.model_overrides}
-    return build_model(cfg, ckpt.get("data_info") or make_dataset(cfg.data))
-
-
-def checkpoint_data_info(ckpt):
-    """The data description of a checkpoint (older checkpoints: rebuilt from the built-in dataset name)."""
-    if ckpt.get("data_info"):
-        return ckpt["data_info"]
-    return make_dataset(ckpt["config"]["data"]).info()
-
-
 def _local(t):
     """The local shard of an FSDP2 DTensor parameter, the tensor itself otherwise."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -197,48 +75,6 @@ def ema_update(ema, model, decay):
     torch._foreach_lerp_(e, m, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`: a crash or an error while
-    saving leaves the previous file as it was (a SIGKILL can leave the temporary file: remove_stale_temps)."""
-    tmp = f"{path}{TMP_TAG}{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def remove_stale_temps(out_dir):
-    """Delete the temporary files of saves that a killed process never finished (checkpoint, metrics)."""
-    for name in sorted(os.listdir(out_dir)):
-        if any(name.startswith(base + TMP_TAG) for base in (CHECKPOINT, METRICS)):
-            os.remove(os.path.join(out_dir, name))
-            warnings.warn(f"removed {os.path.join(out_dir, name)}, left by an interrupted save", stacklevel=3)
-
-
-def _plain(value):
-    """Plain values as Python builtins (numpy scalars -> int/float: a config built with numpy numbers, the
-    optimizer's lr from it), so that weights-only loading needs no allow-list for checkpoints written now."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _to_cpu(value):
-    """Tensors inside nested dicts / lists moved to the CPU."""
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value.cpu() if torch.is_tensor(value) else value
 
 
 def data_options(cfg):
