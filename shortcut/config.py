@@ -4,6 +4,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+# Training objectives (ObjectiveConfig.objective, `shortcut train --objective`): the shortcut objective, plain
+# flow matching, the paper's baselines (shortcut/baselines) and MeanFlow (shortcut/meanflow.py).
+OBJECTIVE_NAMES = ("shortcut", "flow", "progressive", "consistency_distillation", "consistency_training",
+                   "live_reflow", "reflow", "meanflow")
+STEP_INPUTS = ("level", "interval")
+TIME_DISTS = ("logit_normal", "uniform")
+JVP_MODES = ("joint", "separate")
+
 # name -> (hidden_size, depth, num_heads); patch size comes from the "/p" suffix (DiT naming).
 PRESETS = {
     "DiT-S": (384, 12, 6),
@@ -26,6 +34,8 @@ class ModelConfig:
     q scaled by 1/head_dim, xavier-initialised adaLN, raw t ∈ [0, 1] into the sinusoids, q/k/v initialised
     as three separate Dense layers. `ignore_k=True` zeroes the step input (official `ignore_dt`): the
     flow-matching baseline, trained at one level only, must not see the levels it never trained on.
+    `step_input="interval"` (MeanFlow): the step input k is a float interval length h in [0, 1], embedded like
+    t (sinusoids of h·t_scale) instead of an integer level.
     """
     input_size: int = 32          # latent / image side (H = W)
     in_channels: int = 4
@@ -42,6 +52,7 @@ class ModelConfig:
     eps: float = 1e-6             # LayerNorm epsilon (no affine), both DiT and official
     qkv_init: str = "fused"       # "fused": one xavier over the (3D, D) qkv weight (DiT); "separate": official
     ignore_k: bool = False        # replace the step level k by 0 everywhere (flow matching; official ignore_dt)
+    step_input: str = "level"     # k is an int "level" (log2 steps) or a float "interval" h in [0, 1] (MeanFlow)
 
     def __post_init__(self):
         for name in ("input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "freq_dim"):
@@ -64,6 +75,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.qkv_init must be 'fused' or 'separate', got {self.qkv_init!r}")
         if not isinstance(self.ignore_k, bool):
             raise ValueError(f"ModelConfig.ignore_k must be True or False, got {self.ignore_k!r}")
+        if self.step_input not in STEP_INPUTS:
+            raise ValueError(f"ModelConfig.step_input must be one of {STEP_INPUTS}, got {self.step_input!r}")
 
     @property
     def head_dim(self):
@@ -98,9 +111,81 @@ class ModelConfig:
 
 
 @dataclass
+class MeanFlowConfig:
+    """MeanFlow's settings. Defaults: the official ImageNet code (Gsunshine/meanflow, meanflow.py and
+    configs/default.py) except guidance, which is off (ω = 1, κ = 0) until asked for.
+
+    In training runs these are ObjectiveConfig's meanflow_* fields (`shortcut train --objective meanflow
+    --meanflow-P-mean ...`); sigma_min and class_dropout_prob come from ObjectiveConfig's own fields.
+    """
+    flow_fraction: float = 0.75        # share of items with h = 0 (official data_proportion; paper: 25 % r ≠ t)
+    time_dist: str = "logit_normal"    # how the two time points are drawn: "logit_normal" or "uniform"
+    P_mean: float = -0.4               # logit-normal location in the PAPER's time t = 1 − s (in s it is +0.4)
+    P_std: float = 1.0                 # logit-normal scale (same in both conventions)
+    norm_p: float = 1.0                # adaptive weight w = 1/(‖Δ‖² + norm_eps)^norm_p, ‖Δ‖² summed over an item
+    norm_eps: float = 0.01             # official code 0.01; the paper's text gives c = 1e-3 as an example
+    cfg_omega: float = 1.0             # guidance folded into the target (paper's ω; 1.0 with κ = 0: none)
+    cfg_kappa: float = 0.0             # paper's κ (official default 0.5); effective scale ω' = ω / (1 − κ)
+    cfg_s_range: tuple = (0.0, 1.0)    # guided where s is in [lo, hi] (official t_start, t_end = 0, 1: everywhere)
+    class_dropout_prob: float = 0.1    # labels dropped to the null label (unguided target there)
+    sigma_min: float = 1e-5            # x_s = (1 − (1 − sigma_min)·s)·x0 + s·x1
+    jvp: str = "joint"                 # "joint": u and du/ds from one torch.func.jvp; "separate": u with grad,
+    #                                    the JVP without (py-meanflow's advice for eager runs: less memory)
+    jvp_autocast: bool = False         # False: the JVP (with jvp="joint", u too) runs in fp32, autocast off
+
+    def __post_init__(self):
+        for name in ("flow_fraction", "class_dropout_prob"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"MeanFlowConfig.{name} must be in [0, 1], got {v!r}")
+        if self.time_dist not in TIME_DISTS:
+            raise ValueError(f"MeanFlowConfig.time_dist must be one of {TIME_DISTS}, got {self.time_dist!r}")
+        for name, lo in (("P_std", 0.0), ("norm_eps", 0.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
+                raise ValueError(f"MeanFlowConfig.{name} must be a finite number > {lo}, got {v!r}")
+        for name in ("P_mean", "norm_p", "cfg_omega", "cfg_kappa", "sigma_min"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"MeanFlowConfig.{name} must be a finite number, got {v!r}")
+        if self.norm_p < 0:
+            raise ValueError(f"MeanFlowConfig.norm_p must be >= 0 (0: plain squared error), got {self.norm_p!r}")
+        if not 0.0 <= self.cfg_kappa < 1.0:
+            raise ValueError(f"MeanFlowConfig.cfg_kappa must be in [0, 1) (ω' = ω/(1 − κ)), got {self.cfg_kappa!r}")
+        if self.cfg_omega <= 0:
+            raise ValueError(f"MeanFlowConfig.cfg_omega must be > 0, got {self.cfg_omega!r}")
+        rng = self.cfg_s_range
+        if (not isinstance(rng, (tuple, list)) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng)
+                or not 0.0 <= rng[0] <= rng[1] <= 1.0):
+            raise ValueError(f"MeanFlowConfig.cfg_s_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {rng!r}")
+        if not 0.0 <= self.sigma_min < 1.0:
+            raise ValueError(f"MeanFlowConfig.sigma_min must be in [0, 1), got {self.sigma_min!r}")
+        if self.jvp not in JVP_MODES:
+            raise ValueError(f"MeanFlowConfig.jvp must be one of {JVP_MODES}, got {self.jvp!r}")
+        if not isinstance(self.jvp_autocast, bool):
+            raise ValueError(f"MeanFlowConfig.jvp_autocast must be True or False, got {self.jvp_autocast!r}")
+
+    @property
+    def guided(self):
+        return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0
+
+    @property
+    def effective_guidance(self):
+        """ω' = ω / (1 − κ): the classifier-free guidance scale the trained field carries (paper, appendix)."""
+        return self.cfg_omega / (1.0 - self.cfg_kappa)
+
+
+@dataclass
 class ObjectiveConfig:
-    """The training objective. Defaults are the official shortcut-models settings (SPEC §1)."""
-    objective: str = "shortcut"        # "shortcut" or "flow" (plain flow matching, the baseline)
+    """The training objective. Defaults are the official shortcut-models settings (SPEC §1).
+
+    objective: one of OBJECTIVE_NAMES. The baselines (docs/baselines.md) reuse the shortcut fields where they mean
+    the same thing (denoise_timesteps, class_dropout_prob, clip, sigma_min; bootstrap_fraction is live reflow's
+    share of reflow items; bootstrap_cfg / bootstrap_cfg_scale the guidance progressive distillation and reflow
+    distil from their teacher, and live reflow's generation scale). MeanFlow's settings are the meanflow_* fields
+    (MeanFlowConfig's, with its class_dropout_prob and sigma_min taken from here): `meanflow_config()`.
+    """
+    objective: str = "shortcut"        # what the network learns (OBJECTIVE_NAMES; docs/baselines.md, docs/meanflow.md)
     denoise_timesteps: int = 128       # M, the finest step count; levels k = 0 .. log2 M
     bootstrap_fraction: float = 0.125  # share of each batch used for self-consistency targets (official 1/8)
     class_dropout_prob: float = 0.1    # flow items' labels replaced by the null label with this probability
@@ -108,10 +193,24 @@ class ObjectiveConfig:
     bootstrap_cfg_scale: float = 1.5
     clip: float = 4.0                  # bootstrap x2 and targets clipped to ±clip
     sigma_min: float = 1e-5            # x_t = (1 - (1 - sigma_min)·t)·x0 + t·x1
+    reflow_pairs: int = 0              # reflow: (noise, sample) pairs from the teacher (0: the data's size, 2-D: 10000)
+    reflow_teacher_steps: int = 0      # reflow: the teacher's Euler steps per pair (0: denoise_timesteps)
+    meanflow_flow_fraction: float = 0.75      # meanflow: share of items with h = 0 (official data_proportion)
+    meanflow_time_dist: str = "logit_normal"  # meanflow: how (s, s + h) are drawn: logit_normal or uniform
+    meanflow_P_mean: float = -0.4             # meanflow: logit-normal location in the paper's time t = 1 - s
+    meanflow_P_std: float = 1.0               # meanflow: logit-normal scale
+    meanflow_norm_p: float = 1.0              # meanflow: adaptive weight 1/(|err|^2 + norm_eps)^norm_p
+    meanflow_norm_eps: float = 0.01           # meanflow: adaptive weight's eps (official 0.01)
+    meanflow_cfg_omega: float = 1.0           # meanflow: guidance folded into the target (paper's omega)
+    meanflow_cfg_kappa: float = 0.0           # meanflow: paper's kappa; guidance scale omega / (1 - kappa)
+    meanflow_cfg_s_range: tuple = (0.0, 1.0)  # meanflow: guided where s is in [lo, hi]
+    meanflow_jvp: str = "joint"               # meanflow: joint (one torch.func.jvp) or separate (u, then the JVP)
+    meanflow_jvp_autocast: bool = False       # meanflow: false runs the JVP in fp32 (bf16 JVP not measured on a GPU)
 
     def __post_init__(self):
-        if self.objective not in ("shortcut", "flow"):
-            raise ValueError(f"ObjectiveConfig.objective must be 'shortcut' or 'flow', got {self.objective!r}")
+        if self.objective not in OBJECTIVE_NAMES:
+            raise ValueError(f"ObjectiveConfig.objective must be one of {', '.join(OBJECTIVE_NAMES)}, "
+                             f"got {self.objective!r}")
         m = self.denoise_timesteps
         if not isinstance(m, int) or m < 2 or m & (m - 1):
             raise ValueError(f"ObjectiveConfig.denoise_timesteps must be a power of two >= 2, got {m!r}")
@@ -121,30 +220,63 @@ class ObjectiveConfig:
             raise ValueError(f"ObjectiveConfig.class_dropout_prob must be in [0, 1], got {self.class_dropout_prob!r}")
         if self.clip <= 0:
             raise ValueError(f"ObjectiveConfig.clip must be > 0, got {self.clip!r}")
+        for name in ("reflow_pairs", "reflow_teacher_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"ObjectiveConfig.{name} must be an int >= 0 (0: the default), got {v!r}")
+        if isinstance(self.meanflow_cfg_s_range, list):   # JSON (save_pretrained configs) has no tuples
+            self.meanflow_cfg_s_range = tuple(self.meanflow_cfg_s_range)
+        try:
+            self.meanflow_config()
+        except ValueError as e:   # MeanFlowConfig's own checks, under this class's field names
+            raise ValueError(str(e).replace("MeanFlowConfig.", "ObjectiveConfig.meanflow_")) from None
 
     @property
     def max_level(self):
         """log2 M: the level of the finest step (flow items are conditioned on it)."""
         return int(math.log2(self.denoise_timesteps))
 
+    def meanflow_config(self):
+        """The MeanFlowConfig of these settings (meanflow_* fields, class_dropout_prob, sigma_min)."""
+        mf = {f.name: getattr(self, "meanflow_" + f.name) for f in dataclasses.fields(MeanFlowConfig)
+              if hasattr(self, "meanflow_" + f.name)}
+        return MeanFlowConfig(**mf, class_dropout_prob=self.class_dropout_prob, sigma_min=self.sigma_min)
+
     def guidance(self, num_classes):
         """What a model trained with this objective knows about classifier-free guidance, as a plain dict
         (stored in checkpoints and save_pretrained folders; `shortcut.sample` reads it):
 
-        distilled: bootstrap targets were guided (`bootstrap_cfg`), so levels < max_level already include
-            guidance with weight `scale` (None when not distilled).
+        distilled: the training targets were guided, so sampling at w = 1 already includes guidance with weight
+            `scale` (None when not distilled): shortcut with bootstrap_cfg (levels < max_level), progressive and
+            reflow with bootstrap_cfg (from the guided teacher), live reflow (its reflow items are the live model's
+            guided samples, official), meanflow with guidance folded in (scale omega / (1 - kappa)).
         null_levels: the step levels at which the null label was trained, None for every level. Only flow
             items drop labels (bootstrap items keep their true labels, official too), so a class-conditional
-            shortcut model knows its null label at max_level alone; flow matching ignores k (every level);
-            an unconditional model has only the null label.
+            shortcut or live-reflow model knows its null label at max_level alone; flow matching and reflow
+            ignore k (every level); progressive, consistency and meanflow students are never guided at sampling
+            ([]: progressive and consistency never drop labels; meanflow, and reflow from guided pairs, have
+            guidance trained in: guiding again would apply it twice). An unconditional model has only the null
+            label.
         """
-        conditional = num_classes > 0
-        distilled = self.objective == "shortcut" and self.bootstrap_cfg and conditional
-        if not conditional or self.objective == "flow":
-            null_levels = None if self.class_dropout_prob > 0 or not conditional else []
+        name, conditional = self.objective, num_classes > 0
+        if name == "meanflow":
+            mf = self.meanflow_config()
+            distilled, scale = mf.guided, mf.effective_guidance
+        elif name == "live_reflow":
+            distilled, scale = self.bootstrap_cfg_scale != 1.0, self.bootstrap_cfg_scale
         else:
+            distilled = self.bootstrap_cfg and name in ("shortcut", "progressive", "reflow")
+            scale = self.bootstrap_cfg_scale
+        distilled = distilled and conditional
+        if not conditional or self.class_dropout_prob == 1.0 and name not in ("shortcut", "live_reflow"):
+            null_levels = None if self.class_dropout_prob > 0 or not conditional else []
+        elif name == "flow" or name == "reflow" and not distilled:
+            null_levels = None if self.class_dropout_prob > 0 else []
+        elif name in ("shortcut", "live_reflow"):
             null_levels = [self.max_level] if self.class_dropout_prob > 0 else []
-        return {"distilled": bool(distilled), "scale": float(self.bootstrap_cfg_scale) if distilled else None,
+        else:
+            null_levels = []
+        return {"distilled": bool(distilled), "scale": float(scale) if distilled else None,
                 "null_levels": null_levels}
 
 
@@ -173,6 +305,8 @@ class TrainConfig:
     grid_steps: tuple = (1, 2, 4, 8, 16, 32, 64, 128)   # one grid row per step count
     ckpt_every: int = 500
     resume: bool = False               # continue from out_dir/checkpoint.pt
+    init_from: str = ""                # start from the weights of a save_pretrained folder or checkpoint (fine-tune)
+    teacher: str = ""                  # progressive, consistency_distillation, reflow: a flow model (checkpoint/folder)
     threads: int = 0                   # torch CPU threads; 0 leaves torch's default
     progress: bool = True
     # Scale-out (shortcut/distributed.py): batch_size is the global batch, split into
@@ -210,6 +344,12 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {v!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"TrainConfig.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        for name in ("init_from", "teacher"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"TrainConfig.{name} must be a path (str, '' for none), got {getattr(self, name)!r}")
+        if self.init_from and self.resume:
+            raise ValueError(f"init_from ({self.init_from!r}) and resume exclude each other: a resumed run keeps its "
+                             f"own weights (drop --init-from to resume, or start a new --out-dir)")
 
     def to_dict(self):
         return dataclasses.asdict(self)

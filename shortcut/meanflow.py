@@ -6,79 +6,19 @@ gives the MeanFlow identity u = v + h·du/ds, where du/ds is the JVP of u along 
 training target is sg(v + h·du/ds). Model-agnostic: any module with forward(x, s, h, y), h a float tensor fed
 where shortcut models take the step level k. Derivation, the paper's numbers and their sources: docs/meanflow.md.
 """
-import math
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from .baselines.common import check_data, check_noise, frozen, randn, resolve_generator, resolve_null_label
+from .config import JVP_MODES, TIME_DISTS, MeanFlowConfig
 from .objective import interpolate
 from .sampler import MAX_STEPS, check_labels
 
-TIME_DISTS = ("logit_normal", "uniform")
-JVP_MODES = ("joint", "separate")
-
-
-@dataclass
-class MeanFlowConfig:
-    """MeanFlow's settings. Defaults: the official ImageNet code (Gsunshine/meanflow, meanflow.py and
-    configs/default.py) except guidance, which is off (ω = 1, κ = 0) until asked for.
-
-    Later fields of ObjectiveConfig (objective="meanflow"), except sigma_min and class_dropout_prob, which
-    ObjectiveConfig already has with the same meaning and defaults.
-    """
-    flow_fraction: float = 0.75        # share of items with h = 0 (official data_proportion; paper: 25 % r ≠ t)
-    time_dist: str = "logit_normal"    # how the two time points are drawn: "logit_normal" or "uniform"
-    P_mean: float = -0.4               # logit-normal location in the PAPER's time t = 1 − s (in s it is +0.4)
-    P_std: float = 1.0                 # logit-normal scale (same in both conventions)
-    norm_p: float = 1.0                # adaptive weight w = 1/(‖Δ‖² + norm_eps)^norm_p, ‖Δ‖² summed over an item
-    norm_eps: float = 0.01             # official code 0.01; the paper's text gives c = 1e-3 as an example
-    cfg_omega: float = 1.0             # guidance folded into the target (paper's ω; 1.0 with κ = 0: none)
-    cfg_kappa: float = 0.0             # paper's κ (official default 0.5); effective scale ω' = ω / (1 − κ)
-    cfg_s_range: tuple = (0.0, 1.0)    # guided where s is in [lo, hi] (official t_start, t_end = 0, 1: everywhere)
-    class_dropout_prob: float = 0.1    # labels dropped to the null label (unguided target there)
-    sigma_min: float = 1e-5            # x_s = (1 − (1 − sigma_min)·s)·x0 + s·x1
-    jvp: str = "joint"                 # "joint": u and du/ds from one torch.func.jvp; "separate": u with grad,
-    #                                    the JVP without (py-meanflow's advice for eager runs: less memory)
-
-    def __post_init__(self):
-        for name in ("flow_fraction", "class_dropout_prob"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"MeanFlowConfig.{name} must be in [0, 1], got {v!r}")
-        if self.time_dist not in TIME_DISTS:
-            raise ValueError(f"MeanFlowConfig.time_dist must be one of {TIME_DISTS}, got {self.time_dist!r}")
-        for name, lo in (("P_std", 0.0), ("norm_eps", 0.0)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
-                raise ValueError(f"MeanFlowConfig.{name} must be a finite number > {lo}, got {v!r}")
-        for name in ("P_mean", "norm_p", "cfg_omega", "cfg_kappa", "sigma_min"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"MeanFlowConfig.{name} must be a finite number, got {v!r}")
-        if self.norm_p < 0:
-            raise ValueError(f"MeanFlowConfig.norm_p must be >= 0 (0: plain squared error), got {self.norm_p!r}")
-        if not 0.0 <= self.cfg_kappa < 1.0:
-            raise ValueError(f"MeanFlowConfig.cfg_kappa must be in [0, 1) (ω' = ω/(1 − κ)), got {self.cfg_kappa!r}")
-        if self.cfg_omega <= 0:
-            raise ValueError(f"MeanFlowConfig.cfg_omega must be > 0, got {self.cfg_omega!r}")
-        rng = self.cfg_s_range
-        if (not isinstance(rng, (tuple, list)) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng)
-                or not 0.0 <= rng[0] <= rng[1] <= 1.0):
-            raise ValueError(f"MeanFlowConfig.cfg_s_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {rng!r}")
-        if not 0.0 <= self.sigma_min < 1.0:
-            raise ValueError(f"MeanFlowConfig.sigma_min must be in [0, 1), got {self.sigma_min!r}")
-        if self.jvp not in JVP_MODES:
-            raise ValueError(f"MeanFlowConfig.jvp must be one of {JVP_MODES}, got {self.jvp!r}")
-
-    @property
-    def guided(self):
-        return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0
-
-    @property
-    def effective_guidance(self):
-        """ω' = ω / (1 − κ): the classifier-free guidance scale the trained field carries (paper, appendix)."""
-        return self.cfg_omega / (1.0 - self.cfg_kappa)
+__all__ = ["MeanFlowConfig", "MeanFlowBatch", "TIME_DISTS", "JVP_MODES", "sample_interval", "adaptive_weight",
+           "fold_guidance", "meanflow_inputs", "meanflow_target", "meanflow_batch_loss", "meanflow_loss",
+           "meanflow_sample"]
 
 
 @dataclass
@@ -175,11 +115,13 @@ def meanflow_inputs(model, x1, y, cfg=None, generator=None, null_label=None):
     return MeanFlowBatch(x_s, s, h, y, v, int(B * cfg.flow_fraction))
 
 
-def meanflow_target(model, x_s, s, h, y, v, jvp="joint"):
+def meanflow_target(model, x_s, s, h, y, v, jvp="joint", autocast=True):
     """(u, u_tgt): u = model(x_s, s, h, y) with grad; u_tgt = sg(v + h·du/ds), du/ds the JVP along (v, 1, −1).
 
     jvp="joint": one torch.func.jvp returns both (the primal keeps its graph); "separate": a plain forward for u
     and the JVP under no_grad (same values; less memory without compile, one more forward).
+    autocast=False: the JVP runs with autocast off, in the inputs' (fp32) precision; with jvp="joint" that is u
+    too. True: under whatever autocast the caller set (bf16 through the fused JVP rules: not yet measured on a GPU).
     """
     if jvp not in JVP_MODES:
         raise ValueError(f"jvp must be one of {JVP_MODES}, got {jvp!r}")
@@ -189,13 +131,16 @@ def meanflow_target(model, x_s, s, h, y, v, jvp="joint"):
 
     primals = (x_s, s, h)
     tangents = (v.to(x_s.dtype), torch.ones_like(s), -torch.ones_like(h))   # end point s + h fixed
+    exact = contextlib.nullcontext() if autocast else torch.autocast(x_s.device.type, enabled=False)
     if jvp == "joint":
-        u, du_ds = torch.func.jvp(u_fn, primals, tangents)
+        with exact:
+            u, du_ds = torch.func.jvp(u_fn, primals, tangents)
     else:
         u = u_fn(*primals)
-        with torch.no_grad():
+        with torch.no_grad(), exact:
             _, du_ds = torch.func.jvp(u_fn, primals, tangents)
-    u_tgt = (v.to(u.dtype) + _col(h, u) * du_ds).detach()
+    dt = torch.promote_types(torch.promote_types(u.dtype, du_ds.dtype), torch.float32)   # the target in >= fp32
+    u_tgt = (v.to(dt) + _col(h, du_ds.to(dt)) * du_ds.to(dt)).detach()
     return u, u_tgt
 
 
@@ -203,7 +148,8 @@ def meanflow_batch_loss(model, batch, cfg=None):
     """Adaptively weighted squared error of u against its target. Returns (loss, parts): loss_flow / loss_interval
     (weighted, h = 0 items / h > 0 items), mse (raw, per element) and mse_flow / mse_interval."""
     cfg = cfg or MeanFlowConfig()
-    u, u_tgt = meanflow_target(model, batch.x_s, batch.s, batch.h, batch.y, batch.v, cfg.jvp)
+    u, u_tgt = meanflow_target(model, batch.x_s, batch.s, batch.h, batch.y, batch.v, cfg.jvp,
+                                autocast=cfg.jvp_autocast)
     dt = torch.promote_types(u.dtype, torch.float32)                            # bf16/fp16 → fp32; fp64 stays
     sq = (u.to(dt) - u_tgt.to(dt)).pow(2).flatten(1).sum(1)                     # (B,) ‖Δ‖² over the item
     per_item = adaptive_weight(sq, cfg.norm_p, cfg.norm_eps) * sq               # (B,) sg(w)·‖Δ‖²

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from shortcut_kernels import (adaln_modulate_ref, adaln_projections, forward_ad_active, gated_adaln_ref,
                               timestep_embedding_ref)
 
-from .config import ModelConfig
+from .config import STEP_INPUTS, ModelConfig
 from .profiling import nvtx_range
 
 KERNELS = ("auto", "triton", "torch")
@@ -250,6 +250,9 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
     runs in 16-bit, else SDPA).
     `guidance`: what training taught the model about classifier-free guidance (ObjectiveConfig.guidance;
     set by shortcut.train, checkpoints and from_pretrained; None: unknown), read by shortcut.sample.
+    `objective`: the training objective (ObjectiveConfig.objective; None for a model built here, read as
+    "flow" when it ignores k, else "shortcut"); shortcut.sample picks the sampler from it.
+    With cfg.step_input == "interval" (MeanFlow), k is a float interval length h in [0, 1] instead of a level.
     """
 
     def __init__(self, cfg: ModelConfig, kernels="auto", attention="auto"):
@@ -262,7 +265,8 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
         D, p = cfg.hidden_size, cfg.patch_size
         self.x_embedder = nn.Conv2d(cfg.in_channels, D, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(D, cfg.freq_dim, cfg.t_scale)
-        self.k_embedder = TimestepEmbedder(D, cfg.freq_dim, 1.0)   # raw integer level, as the official code
+        # k: the raw integer level, as the official code; an interval h (MeanFlow) on t's scale, as t.
+        self.k_embedder = TimestepEmbedder(D, cfg.freq_dim, cfg.t_scale if cfg.step_input == "interval" else 1.0)
         self.y_embedder = LabelEmbedder(cfg.num_classes, D)
         pos = get_2d_sincos_pos_embed(D, cfg.input_size // p)
         self.register_buffer("pos_embed", torch.from_numpy(pos).float()[None], persistent=False)
@@ -276,6 +280,7 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
         self.register_state_dict_post_hook(_adaln_state_dict_hook)
         self.register_load_state_dict_pre_hook(_adaln_load_hook)
         self.guidance = None
+        self.objective = None
         self.initialize_weights()
 
     @property
@@ -422,7 +427,11 @@ class ShortcutDiT(PretrainedMixin, nn.Module):
                 raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
         if not t.is_floating_point():
             raise TypeError(f"t must be a floating-point tensor (noise level in [0, 1]), got {t.dtype}")
-        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+        if cfg.step_input == "interval":
+            if not k.is_floating_point():
+                raise TypeError(f"k must be a floating-point tensor (this model's step input is the interval "
+                                f"length h in [0, 1]: step_input='interval'), got {k.dtype}")
+        elif k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
             raise TypeError(f"k must be an integer tensor (step level log2(steps)), got {k.dtype}")
         if y.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"y must be an int64 tensor of class labels, got {y.dtype}")
@@ -452,14 +461,23 @@ def get_2d_sincos_pos_embed(dim, grid_size):
 
 class ShortcutMLP(PretrainedMixin, nn.Module):
     """A small residual MLP s(x_t, t, k, y) for 2-D toy data (x (B, 2)); the objective is model-agnostic.
-    ignore_k: replace k by 0 (flow matching), as ModelConfig.ignore_k."""
+    ignore_k: replace k by 0 (flow matching), as ModelConfig.ignore_k. t_scale: the sinusoids see t·t_scale.
+    step_input: "level" (k an int level, fed raw) or "interval" (k a float h in [0, 1], fed as h·t_scale: MeanFlow),
+    as ModelConfig.step_input."""
 
-    def __init__(self, dim=2, hidden=256, depth=3, num_classes=0, freq_dim=64, ignore_k=False):
+    def __init__(self, dim=2, hidden=256, depth=3, num_classes=0, freq_dim=64, ignore_k=False, t_scale=1000.0,
+                 step_input="level"):
         super().__init__()
         if not isinstance(ignore_k, bool):
             raise ValueError(f"ShortcutMLP ignore_k must be True or False, got {ignore_k!r}")
+        if step_input not in STEP_INPUTS:
+            raise ValueError(f"ShortcutMLP step_input must be one of {STEP_INPUTS}, got {step_input!r}")
+        if isinstance(t_scale, bool) or not isinstance(t_scale, (int, float)) or not t_scale > 0:
+            raise ValueError(f"ShortcutMLP t_scale must be a number > 0, got {t_scale!r}")
         self.cfg_dim, self.freq_dim, self._num_classes, self.ignore_k = dim, freq_dim, num_classes, ignore_k
+        self.t_scale, self.step_input = float(t_scale), step_input
         self.guidance = None
+        self.objective = None
         self.inp = nn.Linear(dim + 2 * freq_dim, hidden)
         self.y_embedder = nn.Embedding(num_classes + 1, hidden)
         self.layers = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -477,7 +495,8 @@ class ShortcutMLP(PretrainedMixin, nn.Module):
     def forward(self, x, t, k, y):
         if self.ignore_k:
             k = torch.zeros_like(k)
-        f = torch.cat([x, timestep_embedding_ref(t * 1000, self.freq_dim),
+        k = k * self.t_scale if self.step_input == "interval" else k
+        f = torch.cat([x, timestep_embedding_ref(t * self.t_scale, self.freq_dim),
                        timestep_embedding_ref(k, self.freq_dim)], dim=1)          # (B, dim + 2·freq)
         h = self.inp(f) + self.y_embedder(y)                                      # (B, hidden)
         for layer in self.layers:
@@ -494,7 +513,7 @@ def architecture(model):
         return {"model_type": "ShortcutMLP",
                 "model_config": {"dim": model.cfg_dim, "hidden": model.inp.out_features, "depth": len(model.layers),
                                  "num_classes": model.num_classes, "freq_dim": model.freq_dim,
-                                 "ignore_k": model.ignore_k}}
+                                 "ignore_k": model.ignore_k, "t_scale": model.t_scale, "step_input": model.step_input}}
     raise TypeError(f"expected a ShortcutDiT or ShortcutMLP, got {type(model).__name__}")
 
 
