@@ -7,7 +7,8 @@ forward(x, t, k, y)). OBJECTIVES records, per objective, what the training loop 
 from .common import copy_teacher, euler_sample, refresh_teacher
 from .consistency import (consistency_distillation_targets, consistency_level, consistency_sample,
                           consistency_training_targets)
-from .progressive import progressive_refresh_due, progressive_stage, progressive_targets
+from .progressive import (progressive_refresh_due, progressive_refresh_source, progressive_stage,
+                          progressive_targets)
 from .reflow import (LIVE_REFLOW_STEPS, ReflowPairs, live_reflow_level, live_reflow_targets, reflow_pairs,
                      reflow_targets)
 
@@ -42,12 +43,13 @@ def _need(objective, **given):
 
 
 def baseline_targets(objective, x1, y, *, model=None, ema=None, teacher=None, step=None, total_steps=None,
-                     x0=None, cfg=None, generator=None, null_label=None):
+                     x0=None, cfg=None, generator=None, null_label=None, num_reflow=None):
     """The ShortcutBatch of one baseline objective; each takes the arguments it needs:
 
     progressive: teacher, step, total_steps; consistency_distillation: teacher, ema;
     consistency_training: ema, step, total_steps; live_reflow: model (the live network);
     reflow: x0 (the pairs' noise for x1), null_label or model. step: optimizer steps already taken.
+    num_reflow: live_reflow's reflow items in this batch (default int(B · cfg.bootstrap_fraction)).
     """
     if objective == "progressive":
         _need(objective, teacher=teacher, step=step, total_steps=total_steps)
@@ -60,7 +62,7 @@ def baseline_targets(objective, x1, y, *, model=None, ema=None, teacher=None, st
         return consistency_training_targets(ema, x1, y, step, total_steps, cfg, generator)
     if objective == "live_reflow":
         _need(objective, model=model)
-        return live_reflow_targets(model, x1, y, cfg, generator, null_label)
+        return live_reflow_targets(model, x1, y, cfg, generator, null_label, num_reflow=num_reflow)
     if objective == "reflow":
         _need(objective, x0=x0)
         if null_label is None and model is not None:
@@ -84,7 +86,7 @@ def sample_objective(objective, model, noise, steps=1, y=None, cfg_scale=1.0, ge
 
 
 __all__ = ["OBJECTIVES", "baseline_targets", "sample_objective", "copy_teacher", "refresh_teacher", "euler_sample",
-           "progressive_stage", "progressive_refresh_due", "progressive_targets", "consistency_level",
-           "consistency_distillation_targets", "consistency_training_targets", "consistency_sample",
+           "progressive_stage", "progressive_refresh_due", "progressive_refresh_source", "progressive_targets",
+           "consistency_level", "consistency_distillation_targets", "consistency_training_targets", "consistency_sample",
            "LIVE_REFLOW_STEPS", "live_reflow_level", "live_reflow_targets", "ReflowPairs", "reflow_pairs",
            "reflow_targets"]

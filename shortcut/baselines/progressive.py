@@ -36,6 +36,19 @@ def progressive_refresh_due(step, total_steps, denoise_timesteps=128):
     return step > 0 and stage_index(step, total_steps, top) != stage_index(step - 1, total_steps, top)
 
 
+def progressive_refresh_source(total_steps, ema_decay, denoise_timesteps=128):
+    """Which student weights become the teacher at a stage boundary: "ema" (official) or "live".
+
+    Official train.py copies the whole train state and the targets read its EMA (`bootstrap_ema = 1`). An EMA
+    of decay β keeps e^-3 ≈ 5 % of weights older than 3/(1 − β) steps (3000 at β = 0.999): with stages of
+    1 M / 7 ≈ 143k steps (official) the EMA is the current student, but with stages shorter than that the
+    EMA still carries the previous stages (a digits run of 2,000 steps has stages of 285), and the teacher
+    would lag a stage behind. So: "ema" when total_steps / log2 M ≥ 3 / (1 − β), else "live".
+    """
+    stage_len = total_steps / log2_int(denoise_timesteps)
+    return "ema" if ema_decay == 0 or stage_len >= 3 / (1 - ema_decay) else "live"
+
+
 def progressive_targets(teacher, x1, y, step, total_steps, cfg=None, generator=None, null_label=None,
                         cfg_scale=None):
     """One progressive-distillation batch from data x1 (B, ...) and labels y (B,) long.

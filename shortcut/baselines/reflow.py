@@ -26,7 +26,7 @@ def live_reflow_level(steps, denoise_timesteps=128):
     return top if steps == denoise_timesteps else 0
 
 
-def live_reflow_targets(model, x1, y, cfg=None, generator=None, null_label=None, cfg_scale=None):
+def live_reflow_targets(model, x1, y, cfg=None, generator=None, null_label=None, cfg_scale=None, num_reflow=None):
     """One live-reflow batch from data x1 (B, ...) and labels y (B,) long.
 
     model: the live network (official `train_state.call_model`, not the EMA), run in eval mode without grad
@@ -36,6 +36,8 @@ def live_reflow_targets(model, x1, y, cfg=None, generator=None, null_label=None,
     cfg_scale), then t on the 1/M grid, x_t between x0 and x, target x − x0 (official, without the
     1 − 1e-5 factor), step level 0, labels kept. The rest are flow items of images x1[nb:] (labels dropped
     with cfg.class_dropout_prob, level log2 M). num_bootstrap = nb (the reflow items come first).
+    num_reflow: nb chosen by the caller instead (shortcut.train deals the global batch's reflow items over its
+    shards, as it deals the shortcut objective's bootstrap items).
     """
     cfg = cfg or ObjectiveConfig()
     B = check_data(x1, y)
@@ -43,7 +45,9 @@ def live_reflow_targets(model, x1, y, cfg=None, generator=None, null_label=None,
     generator = resolve_generator(generator)
     cfg_scale = cfg.bootstrap_cfg_scale if cfg_scale is None else cfg_scale
     device, M = x1.device, cfg.denoise_timesteps
-    top, nb = log2_int(M), int(B * cfg.bootstrap_fraction)
+    top, nb = log2_int(M), int(B * cfg.bootstrap_fraction) if num_reflow is None else num_reflow
+    if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= B:
+        raise ValueError(f"num_reflow must be an int in [0, {B}] (reflow items of the batch), got {num_reflow!r}")
     # 1. Noise for every item: the first nb start reflow pairs, the rest flow items (official reuses the
     #    flow items' noise and drops the last nb images; here each image and each noise is used once).
     x0 = randn(x1.shape, generator, device, x1.dtype)
@@ -82,13 +86,15 @@ class ReflowPairs:
 
 
 def reflow_pairs(teacher, y, shape, steps=128, cfg_scale=1.0, batch_size=256, generator=None, device=None,
-                 denoise_timesteps=128):
+                 denoise_timesteps=128, part=(0, 1)):
     """Phase 1 of reflow: sample one (noise, sample) pair per label with a flow-matching teacher.
 
     y: (N,) long labels (the null label for unconditional pairs); shape: one item's shape, e.g. (1, 8, 8).
     The teacher takes `steps` guided Euler steps at the flow level log2 M, in batches of batch_size, on
     `device` (default: where its parameters are). All N noises are drawn first from `generator`, so the
     pairs depend on the generator and not on batch_size.
+    part: (i, n) computes only the i-th of n contiguous slices of the N pairs (ranks share the work; the
+    slices concatenated in order are the pairs of part (0, 1)).
     """
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.long:
         raise ValueError(f"y must be an int64 tensor of shape (N,), got "
@@ -104,7 +110,12 @@ def reflow_pairs(teacher, y, shape, steps=128, cfg_scale=1.0, batch_size=256, ge
     generator = resolve_generator(generator)
     if device is None:
         device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    i, n = part
+    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+        raise ValueError(f"part must be (i, n) with 0 <= i < n, got {part!r}")
     x0 = torch.randn((y.shape[0],) + shape, generator=generator, device=generator.device).cpu()
+    lo, hi = y.shape[0] * i // n, y.shape[0] * (i + 1) // n
+    x0, y = x0[lo:hi], y[lo:hi]
     x1 = torch.empty_like(x0)
     with frozen(teacher):
         for i in range(0, y.shape[0], batch_size):
