@@ -1,5 +1,5 @@
 """shortcut: one-step / few-step diffusion with shortcut models (Frans et al., ICLR 2025) in PyTorch."""
-from .config import PRESETS, TRAIN_PRESETS, ModelConfig, ObjectiveConfig, TrainConfig
+from .config import OBJECTIVE_NAMES, PRESETS, TRAIN_PRESETS, MeanFlowConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from .model import ShortcutDiT, ShortcutMLP
 from .objective import ShortcutBatch, shortcut_loss, shortcut_targets
 from .graph import GraphSampler
@@ -9,4 +9,4 @@ from .train import train
 
 __all__ = ["PRESETS", "ModelConfig", "ObjectiveConfig", "TrainConfig", "ShortcutDiT", "ShortcutMLP",
            "ShortcutBatch", "shortcut_targets", "shortcut_loss", "sample", "step_schedule", "GraphSampler", "train",
-           "TRAIN_PRESETS", "save_pretrained", "from_pretrained"]
+           "TRAIN_PRESETS", "save_pretrained", "from_pretrained", "OBJECTIVE_NAMES", "MeanFlowConfig"]

@@ -16,31 +16,76 @@ def data_shape(info):
     return info
 
 
-def build_model(cfg: TrainConfig, dataset):
+def objective_model_settings(objective, source=False):
+    """The network settings an objective needs, as ModelConfig / ShortcutMLP keyword values.
+
+    ignore_k: flow matching and the baselines but live reflow zero the step input (official `ignore_dt`;
+    shortcut.baselines.OBJECTIVES). MeanFlow: the step input is the interval h (step_input="interval"), with
+    t_scale 1.0, raw s and h into the sinusoids as both official MeanFlow codes do (docs/meanflow.md §3: 1000·s
+    and 1000·h made one-step samples 8× worse). source=True (weights loaded from elsewhere): only the settings
+    that change behaviour and not what the weights mean, so t_scale keeps the source's (its t-embedding was
+    trained on that scale).
+    """
+    from .baselines import OBJECTIVES
+    settings = {"ignore_k": objective == "flow" or OBJECTIVES.get(objective, {}).get("ignore_k", False),
+                "step_input": "interval" if objective == "meanflow" else "level"}
+    if objective == "meanflow" and not source:
+        settings["t_scale"] = 1.0
+    return settings
+
+
+def build_model(cfg: TrainConfig, dataset, architecture=None):
     """ShortcutDiT for image data (preset + overrides, shape from the data), ShortcutMLP for 2-D data.
 
-    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store). Flow-matching
-    runs ignore k (official ignore_dt) unless model_overrides say otherwise; `model.guidance` records what
-    the objective teaches about guidance (ObjectiveConfig.guidance).
+    dataset: a Dataset or its `info()` dict (what checkpoints and pretrained folders store). The objective's
+    settings (objective_model_settings: ignore_k, MeanFlow's interval input) apply unless model_overrides say
+    otherwise; `model.guidance` records what the objective teaches about guidance (ObjectiveConfig.guidance) and
+    `model.objective` the objective. architecture: the `architecture()` record of a network whose weights the run
+    starts from (--init-from, a teacher, a resumed checkpoint): that network replaces the preset, with the data's
+    shape, the objective's behaviour settings and model_overrides applied.
     """
     dataset = data_shape(dataset)
+    objective = cfg.objective.objective
+    overrides = {**objective_model_settings(objective, source=architecture is not None), **cfg.model_overrides}
+    if architecture is not None:
+        model = _from_architecture(architecture, dataset, overrides, cfg.kernels)
+    else:
+        model = _from_preset(cfg, dataset, overrides)
+    model.guidance = cfg.objective.guidance(dataset.num_classes)
+    model.objective = objective
+    return model
+
+
+def _from_preset(cfg, dataset, overrides):
     preset = cfg.preset
     if preset == "auto":
         preset = "digits" if dataset.is_image else "mlp"
-    overrides = {"ignore_k": cfg.objective.objective == "flow", **cfg.model_overrides}
     if not dataset.is_image:
         if preset != "mlp":
             raise ValueError(f"2-D data trains the 'mlp' model, got preset {cfg.preset!r}")
-        model = ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
-    elif preset == "mlp":
+        return ShortcutMLP(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
+    if preset == "mlp":
         raise ValueError("preset 'mlp' is for 2-D data; image data needs a DiT preset")
-    else:
+    c, h, _ = dataset.shape
+    mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
+                              num_classes=dataset.num_classes, **overrides)
+    return ShortcutDiT(mcfg, kernels=cfg.kernels)
+
+
+def _from_architecture(arch, dataset, overrides, kernels):
+    kind = arch.get("model_type")
+    want = "ShortcutDiT" if dataset.is_image else "ShortcutMLP"
+    if kind != want:
+        data = "image data" if dataset.is_image else "2-D data"
+        raise ValueError(f"the network to start from is a {kind}; {data} of shape {tuple(dataset.shape)} "
+                         f"trains a {want}")
+    config = dict(arch["model_config"])
+    if dataset.is_image:
         c, h, _ = dataset.shape
-        mcfg = ModelConfig.preset(preset, official=cfg.official, input_size=h, in_channels=c,
-                                  num_classes=dataset.num_classes, **overrides)
-        model = ShortcutDiT(mcfg, kernels=cfg.kernels)
-    model.guidance = cfg.objective.guidance(dataset.num_classes)
-    return model
+        config.update(input_size=h, in_channels=c, num_classes=dataset.num_classes, **overrides)
+        return ShortcutDiT(ModelConfig(**config), kernels=kernels)
+    config.update(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
+    return ShortcutMLP(**config)
 
 
 # ModelConfig fields that come from the data (image side, channels, classes), not from --model.

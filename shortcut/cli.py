@@ -2,6 +2,9 @@
 
     shortcut demo                                  # digits: shortcut vs flow matching, table + PNG
     shortcut train --data digits --steps 2000 --bootstrap-fraction 0.25 --out-dir runs/digits
+    shortcut train --objective flow --out-dir runs/flow                        # then a baseline from that teacher:
+    shortcut train --objective progressive --teacher runs/flow/checkpoint.pt --out-dir runs/progressive
+    shortcut train --objective shortcut --init-from runs/flow-export --out-dir runs/finetuned   # fine-tune
     shortcut eval --ckpt runs/digits/checkpoint.pt --steps 1 4 128
     shortcut sample --ckpt runs/digits/checkpoint.pt --steps 1 --n 10 --out samples.png
 """
@@ -15,7 +18,7 @@ import sys
 
 import torch
 
-from .config import ObjectiveConfig, TrainConfig
+from .config import OBJECTIVE_NAMES, ObjectiveConfig, TrainConfig
 
 
 class CommandError(Exception):
@@ -135,6 +138,7 @@ def build_parser():
     tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)")
     add_dataclass_args(tr, TrainConfig, skip=("objective", "model_overrides"))
     add_dataclass_args(tr, ObjectiveConfig)
+    next(a for a in tr._actions if a.dest == "objective").choices = OBJECTIVE_NAMES
     tr.add_argument("--model", action="append", metavar="KEY=VALUE", help="ModelConfig override, repeatable")
     tr.add_argument("--recipe", default=None, help="a paper recipe (TRAIN_PRESETS: celebahq256-dit-b2, "
                     "imagenet256-dit-b2, imagenet256-dit-xl2) as the base; other flags override it; needs --data")
@@ -266,12 +270,13 @@ def convert_official_cmd(args):
 def _resumed_config(out_dir):
     """`--resume`: the run's own TrainConfig from its checkpoint, so flags not given keep the run's values
     (resuming with the defaults would silently change lr, batch size, EMA, ...). Memory-mapped: no weights
-    are read."""
+    are read. Its init_from is dropped: a resumed run continues from its own weights (the checkpoint keeps
+    where they first came from)."""
     from .train import CHECKPOINT, load_checkpoint
     path = os.path.join(out_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no checkpoint at {path} (pass the run's --out-dir)")
-    return TrainConfig.from_dict(load_checkpoint(path, mmap=True)["config"])
+    return TrainConfig.from_dict({**load_checkpoint(path, mmap=True)["config"], "init_from": "", "resume": True})
 
 
 def eval_cmd(args):

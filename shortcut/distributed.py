@@ -136,6 +136,26 @@ def all_reduce_sum(t, env):
     return t
 
 
+def average_gradients(params, env):
+    """Every gradient replaced by its mean over the ranks, in one all-reduce (a missing gradient counts as zeros).
+
+    For losses computed on the unwrapped module: MeanFlow's torch.func.jvp does not trace through DDP's forward, so
+    DDP's reducer never arms and its hooks reduce nothing (the gradients would silently stay per-rank, as the
+    py-meanflow README warns). With equal shards the mean of the ranks' mean losses is the global mean, as DDP.
+    """
+    if not env.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= env.world_size
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p.grad))
+
+
 def gather_objects(obj, env):
     """A list with every rank's `obj` (rank order) on every rank; [obj] on one process."""
     if not env.distributed:
@@ -194,6 +214,11 @@ def fsdp_fully_shard():
         raise RuntimeError(f"parallel='fsdp' needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6); "
                            f"this is torch {torch.__version__}: use parallel='ddp'") from e
     return fully_shard
+
+
+def local_shard(t):
+    """The local shard of an FSDP2 DTensor parameter, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def full_tensor(t):

@@ -19,20 +19,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from .baselines import OBJECTIVES, copy_teacher, progressive_refresh_due, progressive_refresh_source, sample_objective
 from .build import DATA_FIELDS, build_model, check_model_overrides, data_shape
-from .checkpoint import (CHECKPOINT, METRICS, TMP_TAG, _plain, _to_cpu, checkpoint_data_info, checkpoint_model,
-                         load_checkpoint, model_from_checkpoint, remove_stale_temps, save_atomic)
+from .checkpoint import (CHECKPOINT, METRICS, _plain, _to_cpu, check_resumable, checkpoint_data_info, checkpoint_model,
+                         full_state, load_checkpoint, load_matching, load_training_state, model_from_checkpoint,
+                         read_weight_source, remove_stale_temps, resume_generators, save_atomic, truncate_metrics,
+                         unsharded)
 from .config import TrainConfig
 from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
+from .meanflow import meanflow_sample
 from .model import architecture
-from .objective import shortcut_loss, shortcut_targets
+from .objectives import Objective, check_parallel, refresh_progressive_teacher
 from .profiling import nvtx_range
 from .sampler import sample
+from .teachers import (check_init_source, check_teacher_flag, make_reflow_pairs, read_teacher, saved_reflow_pairs,
+                       teacher_module)
 
 # Checkpoint and model-building helpers live in checkpoint.py / build.py; imported from here too.
 __all__ = ["train", "TrainResult", "resolve_device", "ema_update", "save_grid", "CHECKPOINT", "METRICS", "DATA_FIELDS",
@@ -60,18 +65,13 @@ def resolve_device(name):
     return dev
 
 
-def _local(t):
-    """The local shard of an FSDP2 DTensor parameter, the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 @torch.no_grad()
 def ema_update(ema, model, decay):
     """ema ← decay·ema + (1 − decay)·model, for parameters; buffers copied. FSDP2: on the local shards."""
     for net in (ema, model):
         if hasattr(net, "reshard"):   # FSDP2 keeps the root unsharded after a no-grad forward
             net.reshard()
-    e, m = [_local(p) for p in ema.parameters()], [_local(p) for p in model.parameters()]
+    e, m = [D.local_shard(p) for p in ema.parameters()], [D.local_shard(p) for p in model.parameters()]
     torch._foreach_lerp_(e, m, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
@@ -117,6 +117,7 @@ def train(cfg: TrainConfig):
 
 
 def _train(cfg, env):
+    t_begin = time.perf_counter()
     device = env.device
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     A = cfg.grad_accum
@@ -125,24 +126,15 @@ def _train(cfg, env):
         raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by world_size × grad_accum "
                          f"({env.world_size} × {A} = {S}): it is the global batch, split into equal shards")
     shards = list(range(env.rank * A, (env.rank + 1) * A))
-    # Bad data or model settings fail before anything is written.
+    name = cfg.objective.objective
+    fsdp = env.distributed and cfg.parallel == "fsdp"
+    check_parallel(cfg, env, S)
+    # Bad data, model settings, teachers or starting weights fail before anything is written.
     dataset = make_dataset(cfg.data, **data_options(cfg))
     check_model_overrides(cfg.model_overrides, dataset.is_image)
-    torch.manual_seed(cfg.seed)
-    raw = build_model(cfg, dataset).to(device)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    check_teacher_flag(cfg)
     ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT)
-    ema = copy.deepcopy(raw).requires_grad_(False).eval()
-    fsdp = env.distributed and cfg.parallel == "fsdp"
-    shadow = copy.deepcopy(raw).cpu() if fsdp else None   # unsharded copy for FSDP checkpoints
-    model = D.wrap_model(raw, env, cfg.parallel)
-    if fsdp:
-        D.wrap_model(ema, env, "fsdp")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    # One generator per shard: data order (sampled datasets), noise, t, levels, label dropout.
-    gens = D.shard_generators(cfg.seed, shards)
-    start = 0
-
+    ckpt = None
     if cfg.resume:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
@@ -150,10 +142,28 @@ def _train(cfg, env):
         # RNG states must stay CPU ByteTensors (Generator.set_state, torch(.cuda).set_rng_state take no others),
         # whatever device the weights were mapped to.
         ckpt["rng"] = _to_cpu(ckpt["rng"])
-        _check_resumable(ckpt["config"], cfg)
-        start = ckpt["step"]
-        _load_weights(ckpt, raw, ema, opt, fsdp, shadow)
-        gens = _resume_generators(ckpt, cfg, shards, S, env)
+        check_resumable(ckpt["config"], cfg)
+    pairs, reused_s = saved_reflow_pairs(cfg, dataset, cfg.resume) if name == "reflow" else (None, 0.0)
+    raw, ema, teacher, teacher_src, init_src = _networks(cfg, env, dataset, ckpt, pairs is not None)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if name == "reflow" and pairs is None:
+        pairs, _ = make_reflow_pairs(cfg, dataset, teacher_module(teacher_src, cfg.kernels, device), env)
+    shadow = copy.deepcopy(raw).cpu() if fsdp else None   # unsharded copy for FSDP checkpoints
+    model = D.wrap_model(raw, env, cfg.parallel)
+    if fsdp:
+        D.wrap_model(ema, env, "fsdp")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # One generator per shard: data order (sampled datasets), noise, t, levels, label dropout.
+    gens = D.shard_generators(cfg.seed, shards)
+    # Pairs made by an earlier run in out_dir count in this run's clock (pairs made now are in it already).
+    start, elapsed = 0, reused_s
+    source = {"init_from": init_src.path if init_src is not None else None}
+
+    if ckpt is not None:
+        start, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
+        source = ckpt.get("source", source)
+        load_training_state(ckpt, raw, ema, opt, fsdp, shadow)
+        gens = resume_generators(ckpt, cfg, shards, S, env)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -161,26 +171,36 @@ def _train(cfg, env):
     metrics_path = os.path.join(cfg.out_dir, METRICS)
     if env.is_main:
         remove_stale_temps(cfg.out_dir)
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
     data_info = dataset.info()
+
+    def time_s():
+        """Wall-clock seconds of the run so far: this process's, setup included, plus the resumed run's."""
+        return elapsed + time.perf_counter() - t_begin
 
     def checkpoint(step):
         states = [s for rank_states in D.gather_objects([g.get_state() for g in gens], env) for s in rank_states]
-        weights = _full_state(model, raw, ema, opt, fsdp, shadow)
+        weights = full_state(model, raw, ema, opt, fsdp, shadow)
         if env.is_main:
             optim = {**weights["optimizer"], "param_groups": _plain(weights["optimizer"]["param_groups"])}
+            extra = {"teacher": teacher.state_dict()} if name == "progressive" else {}
             save_atomic({**weights, "optimizer": optim, "step": step, "config": _plain(cfg.to_dict()),
-                         "data_info": _plain(data_info), "architecture": _plain(architecture(raw)),
-                         "guidance": _plain(raw.guidance),
+                         "objective": name, "data_info": _plain(data_info), "architecture": _plain(architecture(raw)),
+                         "guidance": _plain(raw.guidance), "source": source, "elapsed": time_s(), **extra,
                          "world": {"world_size": env.world_size, "grad_accum": A, "parallel": cfg.parallel},
                          "rng": {"generator": states[0], "generators": states, "torch": torch.get_rng_state(),
                                  "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
                         ckpt_path)
         D.barrier(env)
 
-    batches = _Batches(dataset, cfg, env, shards, S, start, device)
+    batches = _Batches(dataset, cfg, env, shards, S, start, device) if name != "reflow" else None
     decode = _decoder(dataset, device) if env.is_main or fsdp else None
     target_net = ema if cfg.targets == "ema" else raw
+    objective = Objective(cfg, raw, target_net, teacher, pairs, cfg.batch_size // S, device)
+    refresh_from = None
+    if name == "progressive":
+        refresh_from = ema if progressive_refresh_source(cfg.steps, cfg.ema_decay,
+                                                         cfg.objective.denoise_timesteps) == "ema" else raw
     history = []
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.progress and env.is_main),
                dynamic_ncols=True)
@@ -189,27 +209,38 @@ def _train(cfg, env):
     log = open(metrics_path, "a") if env.is_main else contextlib.nullcontext()
     with log, bar:
         for step in range(start + 1, cfg.steps + 1):
-            # Shards: the global batch's bootstrap levels, dealt out. One process: shortcut_targets draws
-            # them itself, exactly as the objective API does in a user's own loop.
+            s = step - 1   # optimizer steps already taken: the baselines' schedules count from 0 (official)
+            if refresh_from is not None and progressive_refresh_due(s, cfg.steps, cfg.objective.denoise_timesteps):
+                refresh_progressive_teacher(teacher, refresh_from, fsdp, shadow)
+            # Shards: the global batch's bootstrap levels (shortcut) or reflow items (live reflow), dealt out. One
+            # process: the targets draw them themselves, exactly as the objective API does in a user's own loop.
             levels = (D.deal_levels(cfg.batch_size, cfg.objective, S, step, cfg.seed)
-                      if cfg.objective.objective == "shortcut" and S > 1 else None)
-            sums = []   # per micro-batch: items, loss·n, flow loss·n, flow n, bootstrap loss·n, bootstrap n
+                      if name == "shortcut" and S > 1 else None)
+            reflow_counts = (D.bootstrap_counts(cfg.batch_size, cfg.objective.bootstrap_fraction, S, step)
+                             if name == "live_reflow" and S > 1 else None)
+            sums = []   # per micro-batch: items, loss·n, then (part·n, n) for each of objective.keys
             opt.zero_grad(set_to_none=True)
             for a, j in enumerate(shards):
-                with nvtx_range("data"):
-                    x1, y = batches.next(gens[a])
-                    x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x1 = y = None
+                if batches is not None:
+                    with nvtx_range("data"):
+                        x1, y = batches.next(gens[a])
+                        x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 last = a == A - 1
-                with _grad_sync(model, env, fsdp, last):
+                # MeanFlow calls the unwrapped module (torch.func.jvp cannot see through DDP); its gradients are
+                # averaged over the ranks below instead.
+                with _grad_sync(model, env, fsdp, last) if name != "meanflow" else contextlib.nullcontext():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         with nvtx_range("forward"):
-                            batch = shortcut_targets(target_net, x1, y, cfg.objective, generator=gens[a],
-                                                     levels=levels[j] if levels is not None else None)
-                            loss, parts = shortcut_loss(model, batch)
+                            loss, parts, counts = objective.loss(
+                                model, x1, y, gens[a], s, levels=levels[j] if levels is not None else None,
+                                num_reflow=reflow_counts[j] if reflow_counts is not None else None)
                     _check_finite(loss, step, ckpt_path, cfg, env)
                     with nvtx_range("backward"):
                         (loss / A if A > 1 else loss).backward()
-                sums.append(_loss_sums(loss, parts, batch))
+                sums.append(_loss_sums(loss, parts, counts, objective.keys))
+            if name == "meanflow":
+                D.average_gradients(raw.parameters(), env)
             with nvtx_range("optimizer"):
                 opt.step()
             with nvtx_range("ema"):
@@ -217,7 +248,8 @@ def _train(cfg, env):
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                row = {"step": step, **_reduce_metrics(sums, env), "it_s": (step - s_last) / max(now - t_last, 1e-9)}
+                row = {"step": step, **_reduce_metrics(sums, objective.keys, time_s(), env),
+                       **objective.schedule(s), "it_s": (step - s_last) / max(now - t_last, 1e-9)}
                 t_last, s_last = now, step
                 history.append(row)
                 if env.is_main:
@@ -232,15 +264,49 @@ def _train(cfg, env):
     if decode is not None:
         _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
     if fsdp:   # hand back ordinary modules: sharded ones are unusable once the process group is gone
-        raw, ema = _unsharded(raw, shadow, device).train(), _unsharded(ema, shadow, device).requires_grad_(False)
+        raw, ema = unsharded(raw, shadow, device).train(), unsharded(ema, shadow, device).requires_grad_(False)
+        raw.objective = ema.objective = name
     D.barrier(env)
     return TrainResult(raw, ema, cfg.steps, history, cfg.out_dir, env.rank, env.world_size)
 
 
-def _unsharded(module, shadow, device):
-    out = copy.deepcopy(shadow)
-    out.load_state_dict(_gathered_state_dict(module, shadow))
-    return out.to(device).eval()
+def _networks(cfg, env, dataset, ckpt, have_pairs):
+    """(raw, ema, teacher, teacher_src, init_src): the live network and its EMA with their starting weights, the
+    frozen teacher (progressive, consistency distillation) and the WeightSources read, all checked before anything
+    is written. The teacher is read when it is used: progressive resumes it from the checkpoint, reflow needs it for
+    pairs not yet made, consistency distillation at every step, and a fresh run starts from it (init_from_teacher).
+    A resumed run is built from its checkpoint's architecture record."""
+    name, device = cfg.objective.objective, env.device
+    spec = OBJECTIVES.get(name, {})
+    teacher_src = None
+    if spec.get("needs_teacher") and not (cfg.resume and (name == "progressive" or have_pairs)):
+        teacher_src = read_teacher(cfg, dataset)
+    init_src = read_weight_source(cfg.init_from, "--init-from") if cfg.init_from else None
+    if init_src is None and spec.get("init_from_teacher") and not cfg.resume:
+        init_src = teacher_src
+    if init_src is not None:
+        check_init_source(cfg)
+    arch = ckpt.get("architecture") if ckpt is not None else init_src.architecture if init_src is not None else None
+    torch.manual_seed(cfg.seed)
+    raw = build_model(cfg, dataset, arch).to(device)
+    t_scale = raw.cfg.t_scale if hasattr(raw, "cfg") else raw.t_scale
+    if init_src is not None and name == "meanflow" and t_scale != 1.0 and env.is_main:
+        warnings.warn(f"meanflow from {init_src.path!r} keeps its t_scale {t_scale:g} (its t-embedding was trained "
+                      f"on it) and embeds h on the same scale; docs/meanflow.md measured 1000·s, 1000·h 8× worse at "
+                      f"one step than raw times: --model t_scale=1.0 changes it", stacklevel=4)
+    ema = copy.deepcopy(raw).requires_grad_(False).eval()
+    if init_src is not None:   # live ← its live weights (else EMA), EMA ← its EMA (else live); a fresh optimizer
+        what = f"the weights of {'--init-from' if cfg.init_from else '--teacher'} {init_src.path!r}"
+        load_matching(raw, init_src.live if init_src.live is not None else init_src.ema, what)
+        load_matching(ema, init_src.weights, what)
+    teacher = None
+    if name in ("progressive", "consistency_distillation"):
+        if teacher_src is not None:
+            teacher = teacher_module(teacher_src, cfg.kernels, device)
+        else:   # progressive, resumed: the teacher as it was at the checkpoint (refreshed at the stage boundaries)
+            teacher = copy_teacher(raw)
+            teacher.load_state_dict(ckpt["teacher"])
+    return raw, ema, teacher, teacher_src, init_src
 
 
 def _grad_sync(model, env, fsdp, sync):
@@ -267,125 +333,29 @@ def _check_finite(loss, step, ckpt_path, cfg, env):
             f"Try a lower lr (now {cfg.lr}).")
 
 
-def _loss_sums(loss, parts, batch):
-    """Item-weighted sums in float64 (exact for the one-shard case: x·n/n == x for a float32 x)."""
-    n, nb = batch.t.shape[0], batch.num_bootstrap
+def _loss_sums(loss, parts, counts, keys):
+    """[n, loss·n, then part·count, count for each key] (counts["loss"] = n) in float64 (exact for one shard: x·n/n == x for a float32 x);
+    a part the micro-batch lacks counts 0 items."""
+    n = counts["loss"]
     zero = torch.zeros((), dtype=torch.float64, device=loss.device)
-    lf, lb = parts.get("loss_flow"), parts.get("loss_bootstrap")
-    return torch.stack([zero + n, loss.detach().double() * n,
-                        lf.double() * (n - nb) if lf is not None else zero, zero + (n - nb),
-                        lb.double() * nb if lb is not None else zero, zero + nb])
+    values = [zero + n, loss.detach().double() * n]
+    for key in keys:
+        part, c = parts.get(key), counts.get(key, 0)
+        values += [part.double() * c if part is not None and c else zero, zero + (c if part is not None else 0)]
+    return torch.stack(values)
 
 
-def _reduce_metrics(sums, env):
-    s = D.all_reduce_sum(torch.stack(sums).sum(0), env).tolist()
+def _reduce_metrics(sums, keys, time_s, env):
+    """The logged row: loss and parts averaged over every item of every shard; time_s, rank 0's."""
+    total = torch.stack(sums).sum(0)
+    clock = torch.tensor([time_s if env.is_main else 0.0], dtype=torch.float64, device=total.device)
+    s = D.all_reduce_sum(torch.cat([total, clock]), env).tolist()
     row = {"loss": s[1] / s[0]}
-    if s[3]:
-        row["loss_flow"] = s[2] / s[3]
-    if s[5]:
-        row["loss_bootstrap"] = s[4] / s[5]
+    for i, key in enumerate(keys):
+        if s[3 + 2 * i]:
+            row[key] = s[2 + 2 * i] / s[3 + 2 * i]
+    row["time_s"] = s[-1]
     return row
-
-
-def _full_state(model, raw, ema, opt, fsdp, shadow):
-    """Unsharded model / EMA / optimizer state in the one-process format (DiT key layout, optimizer state
-    by parameter index), so a checkpoint loads on any world size with DDP, FSDP or neither.
-
-    FSDP2 parameters are gathered with full_tensor() and poured into `shadow`, an unsharded CPU copy of the
-    model, whose state_dict() applies the model's key-layout hooks (torch's distributed state-dict helpers
-    cannot follow them). Every rank takes part in the gathers; rank 0 writes.
-    """
-    if not fsdp:
-        return {"model": raw.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()}
-    optim = opt.state_dict()
-    optim["state"] = {i: {k: D.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in st.items()}
-                      for i, st in optim["state"].items()}
-    return {"model": _gathered_state_dict(raw, shadow), "ema": _gathered_state_dict(ema, shadow), "optimizer": optim}
-
-
-@torch.no_grad()
-def _gathered_state_dict(module, shadow):
-    own = dict(shadow.named_parameters())
-    for name, p in module.named_parameters():
-        own[name].copy_(D.full_tensor(p.detach()).cpu())
-    own_buffers = dict(shadow.named_buffers())
-    for name, b in module.named_buffers():
-        own_buffers[name].copy_(b.detach().cpu())
-    return {k: v.clone() for k, v in shadow.state_dict().items()}
-
-
-def _load_weights(ckpt, raw, ema, opt, fsdp, shadow):
-    if not fsdp:
-        raw.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        return
-    with torch.no_grad():
-        for module, key in ((raw, "model"), (ema, "ema")):
-            shadow.load_state_dict(ckpt[key])
-            full = dict(shadow.named_parameters())
-            for name, p in module.named_parameters():
-                _local(p).copy_(_local(D.shard_like(full[name].detach(), p)))
-    params = list(raw.parameters())
-    optim = ckpt["optimizer"]
-    state = {i: {k: D.shard_like(v, params[i]) if torch.is_tensor(v) and v.dim() else v for k, v in st.items()}
-             for i, st in optim["state"].items()}
-    opt.load_state_dict({"state": state, "param_groups": optim["param_groups"]})
-
-
-def _resume_generators(ckpt, cfg, shards, num_shards, env):
-    """The shards' generators as saved; re-seeded from (seed, shard, step) when the shard count changed."""
-    states = ckpt["rng"].get("generators") or [ckpt["rng"]["generator"]]
-    if len(states) == num_shards:
-        gens = [torch.Generator() for _ in shards]
-        for g, j in zip(gens, shards):
-            g.set_state(states[j])
-        return gens
-    if env.is_main:
-        warnings.warn(f"resuming with {num_shards} shards (world_size × grad_accum), the checkpoint was written "
-                      f"with {len(states)}: weights, optimizer and data order continue exactly, the noise "
-                      f"streams are re-seeded (keep world_size × grad_accum to resume bit for bit)", stacklevel=3)
-    step = ckpt["step"]
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, j, step])
-                                              .generate_state(1, np.uint64)[0] >> np.uint64(1))) for j in shards]
-
-
-def _check_resumable(saved, cfg):
-    """A checkpoint resumes only a run of the same data, model and objective."""
-    new = cfg.to_dict()
-    for key in ("data", "preset", "official", "model_overrides", "objective", "image_size"):
-        if saved.get(key, new.get(key)) != new.get(key):
-            raise ValueError(f"--resume: checkpoint was trained with {key}={saved.get(key)!r}, "
-                             f"this run has {key}={new.get(key)!r}")
-    if saved.get("batch_size", cfg.batch_size) != cfg.batch_size:
-        warnings.warn(f"resuming with batch_size {cfg.batch_size}, the checkpoint used {saved['batch_size']}",
-                      stacklevel=3)
-
-
-def _truncate_metrics(path, step):
-    """Keep the metric rows up to `step` (the checkpoint's): an interrupted run may have logged past its last
-    checkpoint, and a kill mid-write leaves a torn last line, dropped with a warning. Rewritten atomically."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [(i + 1, line) for i, line in enumerate(f.read().split("\n")) if line.strip()]
-    rows = []
-    for number, line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number != lines[-1][0]:
-                raise ValueError(f"{path}, line {number}: not a JSON row ({line[:60]!r}); a crash can only tear the "
-                                 f"last line, so this file was edited: fix or remove that line") from None
-            warnings.warn(f"{path}: dropped a torn last line ({line[:60]!r}) left by an interrupted run",
-                          stacklevel=4)
-            continue
-        if row["step"] <= step:
-            rows.append(line + "\n")
-    tmp = f"{path}{TMP_TAG}{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(rows)
-    os.replace(tmp, path)
 
 
 def _decoder(dataset, device):
@@ -408,6 +378,18 @@ def _grid(ema, dataset, path, device, cfg, decode, env):
     save_grid(ema, dataset, path if env.is_main else None, device, cfg.grid_steps, decode=decode)
 
 
+def grid_sample(model, noise, steps, y=None):
+    """Samples for a grid with the sampler of the model's objective (CONTRACT.md), at the guidance the model's
+    record sets. shortcut.sample will pick it from model.objective itself; the baselines' and MeanFlow's samplers
+    are named here until it does (the same functions it calls)."""
+    objective = getattr(model, "objective", None)
+    if objective == "meanflow":
+        return meanflow_sample(model, noise, steps, y)
+    if objective in OBJECTIVES:
+        return sample_objective(objective, model, noise, steps, y, generator=torch.Generator().manual_seed(0))
+    return sample(model, noise, steps, y=y)
+
+
 @torch.no_grad()
 def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128), seed=0, decode=None,
               max_columns=16):
@@ -427,11 +409,11 @@ def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128),
         if dataset.num_classes:
             y = (torch.arange(n) * dataset.num_classes // n if dataset.num_classes > n
                  else torch.arange(n) % dataset.num_classes).to(device)
-        rows = [decode(sample(model, noise, s, y=y)).float().cpu() for s in steps]
+        rows = [decode(grid_sample(model, noise, s, y)).float().cpu() for s in steps]
         if path:
             grid_image(rows, scale=4 if rows[0].shape[-1] < 64 else 1).save(path)
     else:
         noise = torch.randn(1000, *dataset.shape, generator=g).to(device)
-        img = scatter_image([sample(model, noise, s).float().cpu() for s in steps])
+        img = scatter_image([grid_sample(model, noise, s).float().cpu() for s in steps])
         if path:
             img.save(path)

@@ -19,7 +19,7 @@ from shortcut.data import make_dataset
 from shortcut.objective import shortcut_loss, shortcut_targets
 from shortcut.train import CHECKPOINT, build_model, ema_update
 
-train_mod = importlib.import_module("shortcut.train")
+objectives_mod = importlib.import_module("shortcut.objectives")   # the training loop's targets
 
 
 def _cfg(out, **kw):
@@ -117,14 +117,14 @@ def test_bootstrap_counts_keep_the_global_share():
 
 def test_micro_batches_hold_the_global_bootstrap_share(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.shortcut_targets
+    real = objectives_mod.shortcut_targets
 
     def spy(net, x1, y, cfg, generator=None, levels=None):
         out = real(net, x1, y, cfg, generator=generator, levels=levels)
         seen.append((x1.shape[0], out.num_bootstrap))
         return out
 
-    monkeypatch.setattr(train_mod, "shortcut_targets", spy)
+    monkeypatch.setattr(objectives_mod, "shortcut_targets", spy)
     # 8 shards of 2 items, 16 · 1/8 = 2 bootstrap items per step: one shard alone would round to 0.
     train(_cfg(tmp_path, batch_size=16, grad_accum=8, steps=3, objective=ObjectiveConfig(bootstrap_fraction=0.125)))
     per_step = [seen[i:i + 8] for i in range(0, len(seen), 8)]

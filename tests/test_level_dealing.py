@@ -10,7 +10,7 @@ from shortcut import ObjectiveConfig, ShortcutMLP, TrainConfig, shortcut_targets
 from shortcut.distributed import bootstrap_counts, deal_levels, level_generator
 from shortcut.objective import bootstrap_levels
 
-train_mod = importlib.import_module("shortcut.train")
+objectives_mod = importlib.import_module("shortcut.objectives")   # the training loop's targets
 
 
 def _global(batch, fraction, levels=7):
@@ -85,14 +85,14 @@ def test_shortcut_targets_takes_the_dealt_levels(gen, device):
 
 def test_training_with_micro_batches_uses_the_global_levels(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.shortcut_targets
+    real = objectives_mod.shortcut_targets
 
     def spy(net, x1, y, cfg, generator=None, levels=None):
         out = real(net, x1, y, cfg, generator=generator, levels=levels)
         seen.append(out.k[:out.num_bootstrap].tolist())
         return out
 
-    monkeypatch.setattr(train_mod, "shortcut_targets", spy)
+    monkeypatch.setattr(objectives_mod, "shortcut_targets", spy)
     # 4 micro-batches of 16, 64 · 1/4 = 16 bootstrap items: levels 6..0 twice and 2 at level 0, as one process.
     train(TrainConfig(data="moons", steps=2, batch_size=64, grad_accum=4, out_dir=str(tmp_path), progress=False,
                       grid_steps=(1,), log_every=1, objective=ObjectiveConfig(bootstrap_fraction=0.25)))

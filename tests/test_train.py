@@ -12,6 +12,7 @@ from shortcut.cli import build_parser, config_from_args, main
 from shortcut.train import CHECKPOINT, ema_update, model_from_checkpoint
 
 train_mod = importlib.import_module("shortcut.train")   # the package re-exports train() under the same name
+objectives_mod = importlib.import_module("shortcut.objectives")   # the training loop's targets
 
 
 def _cfg(tmp_path, **kw):
@@ -101,13 +102,13 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 def test_targets_come_from_ema(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.shortcut_targets
+    real = objectives_mod.shortcut_targets
 
     def spy(net, *a, **kw):
         seen.append(net)
         return real(net, *a, **kw)
 
-    monkeypatch.setattr(train_mod, "shortcut_targets", spy)
+    monkeypatch.setattr(objectives_mod, "shortcut_targets", spy)
     res = train(_cfg(tmp_path, steps=2))
     assert all(net is res.ema for net in seen)
     seen.clear()
