@@ -278,9 +278,14 @@ def resume_generators(ckpt, cfg, shards, num_shards, env):
 
 
 def check_resumable(saved, cfg):
-    """A checkpoint resumes only a run of the same data, model and objective."""
+    """A checkpoint resumes only a run of the same data, model and objective (and for the staged objectives the
+    same length: their stages are fractions of `steps`)."""
+    saved = TrainConfig.from_dict(saved).to_dict()   # fields added since the checkpoint was written: their defaults
     new = cfg.to_dict()
-    for key in ("data", "preset", "official", "model_overrides", "objective", "image_size"):
+    keys = ["data", "preset", "official", "model_overrides", "objective", "image_size"]
+    if cfg.objective.objective in ("progressive", "consistency_training"):
+        keys.append("steps")
+    for key in keys:
         if saved.get(key, new.get(key)) != new.get(key):
             raise ValueError(f"--resume: checkpoint was trained with {key}={saved.get(key)!r}, "
                              f"this run has {key}={new.get(key)!r}")

@@ -227,6 +227,9 @@ def main(argv=None):
 
 def run(args):
     if args.command == "train":
+        if args.resume and args.init_from:
+            raise CommandError(f"--init-from ({args.init_from}) and --resume exclude each other: a resumed run keeps "
+                               f"its own weights (drop --init-from to resume, or start a new --out-dir)")
         base = None
         if args.recipe:
             if args.data is None:

@@ -347,6 +347,11 @@ class TrainConfig:
         for name in ("init_from", "teacher"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"TrainConfig.{name} must be a path (str, '' for none), got {getattr(self, name)!r}")
+        staged = self.objective.objective in ("progressive", "consistency_training")
+        if staged and self.steps < self.objective.max_level:
+            raise ValueError(f"TrainConfig.steps must be >= {self.objective.max_level} for objective "
+                             f"{self.objective.objective!r} (one stage per step level, log2 denoise_timesteps), got "
+                             f"{self.steps}")
         if self.init_from and self.resume:
             raise ValueError(f"init_from ({self.init_from!r}) and resume exclude each other: a resumed run keeps its "
                              f"own weights (drop --init-from to resume, or start a new --out-dir)")

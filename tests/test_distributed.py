@@ -199,3 +199,15 @@ def test_paper_recipes_and_cli_recipe(tmp_path):
     res = train(TrainConfig.recipe("imagenet256-dit-b2", data="digits", preset="tiny", steps=2, batch_size=16,
                                    out_dir=str(tmp_path), progress=False, grid_steps=(1,), num_workers=0))
     assert res.model.cfg.attn_scale == "head_dim" and res.history[-1]["step"] == 2
+
+
+def test_meanflow_two_ranks_match_one_rank_with_two_micro_batches(tmp_path):
+    """MeanFlow's loss is computed on the unwrapped module (torch.func.jvp cannot see through DDP), so DDP's reducer
+    never arms: the loop averages the gradients itself. Without that the ranks would drift apart."""
+    cfg = _cfg(tmp_path / "run", steps=3, objective=ObjectiveConfig(objective="meanflow"))
+    one = train(_cfg(tmp_path / "one", steps=3, grad_accum=2, objective=ObjectiveConfig(objective="meanflow")))
+    ranks = _spawn(cfg, tmp_path)
+    assert ranks[0]["params"] == ranks[1]["params"], "the ranks stayed in lockstep"
+    torch.testing.assert_close(torch.tensor(ranks[0]["params"]),
+                               torch.cat([p.detach().flatten() for p in one.model.parameters()]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(_losses(ranks[0]["history"], "mse"), _losses(one.history, "mse"), rtol=1e-4, atol=1e-6)
