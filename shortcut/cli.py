@@ -6,6 +6,7 @@
     shortcut sample --ckpt runs/digits/checkpoint.pt --steps 1 --n 10 --out samples.png
 """
 import argparse
+import copy
 import dataclasses
 import inspect
 import json
@@ -15,7 +16,8 @@ import sys
 
 import torch
 
-from .config import ObjectiveConfig, TrainConfig
+from .config import TOY_2D_DEFAULTS, ObjectiveConfig, TrainConfig
+from .data import TOY_2D
 
 
 class CommandError(Exception):
@@ -117,7 +119,9 @@ def build_parser():
     p = Parser(prog="shortcut", description="Shortcut models: one-step diffusion.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)")
+    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)",
+                        description="Train a model. 2-D data (checkerboard, moons, 8gaussians) starts from "
+                        "shortcut.config.TOY_2D_DEFAULTS instead of the defaults shown; flags override either.")
     add_dataclass_args(tr, TrainConfig, skip=("objective", "model_overrides"))
     add_dataclass_args(tr, ObjectiveConfig)
     tr.add_argument("--model", action="append", metavar="KEY=VALUE", help="ModelConfig override, repeatable")
@@ -204,6 +208,8 @@ def run(args):
             base = TrainConfig.recipe(args.recipe, data=args.data)
         elif args.resume:
             base = _resumed_config(args.out_dir or TrainConfig().out_dir)
+        elif args.data in TOY_2D:
+            base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS))
         cfg = config_from_args(args, base)
         from .train import train
         result = train(cfg)
@@ -235,8 +241,8 @@ def _resumed_config(out_dir):
 
 
 def eval_cmd(args):
-    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD) metrics per step count; --fid for images."""
-    from .data import TOY_2D
+    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD, support, coverage, spread) metrics per step
+    count; --fid for images."""
     from .eval import evaluate_2d, evaluate_digits, format_table
     from .train import resolve_device
     if args.fid:
@@ -251,7 +257,7 @@ def eval_cmd(args):
             kind = ["accuracy", "fd"]
         elif info["name"] in TOY_2D:
             results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
-            kind = ["energy", "swd"]
+            kind = ["energy", "swd", "support", "coverage", "spread"]
         else:
             raise CommandError(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):

@@ -39,7 +39,8 @@ def _architecture(model):
     if isinstance(model, ShortcutMLP):
         return {"model_type": "ShortcutMLP",
                 "model_config": {"dim": model.cfg_dim, "hidden": model.inp.out_features, "depth": len(model.layers),
-                                 "num_classes": model.num_classes, "freq_dim": model.freq_dim}}
+                                 "num_classes": model.num_classes, "freq_dim": model.freq_dim,
+                                 "x_freqs": model.x_freqs}}
     raise TypeError(f"save_pretrained takes a ShortcutDiT or ShortcutMLP, got {type(model).__name__}")
 
 
