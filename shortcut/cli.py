@@ -201,18 +201,8 @@ def main(argv=None):
 
 def run(args):
     if args.command == "train":
-        base = None
-        if args.recipe:
-            if args.data is None:
-                raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
-            base = TrainConfig.recipe(args.recipe, data=args.data)
-        elif args.resume:
-            base = _resumed_config(args.out_dir or TrainConfig().out_dir)
-        elif args.data in TOY_2D:
-            base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS))
-        cfg = config_from_args(args, base)
         from .train import train
-        result = train(cfg)
+        result = train(train_config(args))
         if result.rank == 0:   # under torchrun every rank returns the same (reduced) metrics
             print(json.dumps(result.history[-1] if result.history else {}))
     elif args.command == "demo":
@@ -227,6 +217,21 @@ def run(args):
     elif args.command == "export":
         from .pretrained import save_pretrained
         print(save_pretrained(args.ckpt, args.out, weights=args.weights))
+
+
+def train_config(args):
+    """The TrainConfig of `shortcut train ARGS`: flags over a base, which is the recipe (--recipe), the run's
+    own config (--resume), TOY_2D_DEFAULTS (2-D data) or the TrainConfig defaults."""
+    base = None
+    if args.recipe:
+        if args.data is None:
+            raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
+        base = TrainConfig.recipe(args.recipe, data=args.data)
+    elif args.resume:
+        base = _resumed_config(args.out_dir or TrainConfig().out_dir)
+    elif args.data in TOY_2D:
+        base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS))
+    return config_from_args(args, base)
 
 
 def _resumed_config(out_dir):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shortcut import ObjectiveConfig, TrainConfig, train
-from shortcut.cli import build_parser, config_from_args
+from shortcut.cli import build_parser, train_config
 from shortcut.train import CHECKPOINT, METRICS, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +119,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
 
     threads = torch.get_num_threads()
     try:   # the uninterrupted reference, in this process, from the same command line
-        cfg = config_from_args(build_parser().parse_args([*args, "--out-dir", str(tmp_path / "whole")]))
+        cfg = train_config(build_parser().parse_args([*args, "--out-dir", str(tmp_path / "whole")]))
         whole = train(cfg)
     finally:
         torch.set_num_threads(threads)

@@ -1,13 +1,11 @@
 """2-D toys: structure metrics that tell a board from a blur, the toy defaults, the MLP's x features."""
-import copy
 import math
 
 import pytest
 import torch
 
 from shortcut import ShortcutMLP, TrainConfig, from_pretrained, save_pretrained
-from shortcut.cli import build_parser, config_from_args, main
-from shortcut.config import TOY_2D_DEFAULTS
+from shortcut.cli import build_parser, main, train_config
 from shortcut.data import TOY_2D, toy_2d, toy_2d_parts
 from shortcut.eval import energy_distance, evaluate_2d, structure_2d
 
@@ -81,9 +79,7 @@ def test_evaluate_2d_reports_structure(gen):
 
 def test_cli_starts_2d_runs_from_the_toy_defaults(tmp_path, capsys):
     def cfg(*argv):
-        args = build_parser().parse_args(["train", *argv])
-        base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS)) if args.data in TOY_2D else None
-        return config_from_args(args, base)
+        return train_config(build_parser().parse_args(["train", *argv]))
     toy = cfg("--data", "checkerboard", "--model", "hidden=64", "--lr", "0.01")
     assert (toy.steps, toy.batch_size, toy.ema_decay, toy.objective.bootstrap_fraction) == (5000, 1024, 0.995, 0.5)
     assert toy.lr == 0.01 and toy.model_overrides == {"hidden": 64, "depth": 4, "x_freqs": 6}
