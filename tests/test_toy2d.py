@@ -69,9 +69,9 @@ def test_parts_geometry():
         toy_2d_parts("spiral", board)
 
 
-def test_evaluate_2d_reports_structure(gen):
-    model = ShortcutMLP(hidden=16, depth=1)
-    rows = evaluate_2d(model, "checkerboard", steps=(1, 2), n=256)
+def test_evaluate_2d_reports_structure(device):
+    model = ShortcutMLP(hidden=16, depth=1).to(device)
+    rows = evaluate_2d(model, "checkerboard", steps=(1, 2), n=256, device=device)
     assert [r["steps"] for r in rows] == [1, 2]
     assert set(rows[0]) == {"steps", "energy", "swd", "support", "coverage", "spread"}
     assert 0.0 <= rows[0]["support"] <= 1.0 and 0.0 <= rows[0]["coverage"] <= 1.0
@@ -92,15 +92,20 @@ def test_cli_starts_2d_runs_from_the_toy_defaults(tmp_path, capsys):
     assert model.x_freqs == 6 and len(model.layers) == 4 and model.inp.out_features == 128
 
 
-def test_mlp_x_features(tmp_path, gen):
+def test_mlp_x_features(tmp_path, gen, device):
     plain = ShortcutMLP(hidden=16, depth=1)
     assert plain.inp.in_features == 2 + 128   # x_freqs=0: the network checkpoints already hold
-    model = ShortcutMLP(hidden=16, depth=1, x_freqs=3)
+    model = ShortcutMLP(hidden=16, depth=1, x_freqs=3).to(device)
     assert model.inp.in_features == 2 * 7 + 128 and "x_freq" not in model.state_dict()
-    x, t = torch.randn(5, 2, generator=gen), torch.rand(5, generator=gen)
-    k, y = torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long)
-    with torch.no_grad():   # the features reach the output: moving x by a full period of the lowest
-        out = model(x, t, k, y)   # frequency (4) changes it
-        assert not torch.allclose(out, model(x + 4.0, t, k, y))
-    path = save_pretrained(model, str(tmp_path / "m"), weights="ema")
-    torch.testing.assert_close(from_pretrained(path)(x, t, k, y), out, rtol=0, atol=0)
+    x, t = torch.randn(5, 2, generator=gen).to(device), torch.rand(5, generator=gen).to(device)
+    k = y = torch.zeros(5, dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(x, t, k, y)
+        path = save_pretrained(model, str(tmp_path / "m"), weights="ema")
+        # Without the raw-x columns the network sees x only through the features: periodic with period 4
+        # (π/2, π, 2π), so x + 4 gives the same output and x + 1 does not.
+        model.inp.weight[:, :2] = 0
+        base = model(x, t, k, y)
+        torch.testing.assert_close(model(x + 4.0, t, k, y), base, rtol=0, atol=1e-5)
+        assert (model(x + 1.0, t, k, y) - base).abs().max() > 1e-3
+        torch.testing.assert_close(from_pretrained(path, device=device)(x, t, k, y), out, rtol=0, atol=0)
