@@ -6,6 +6,7 @@
     shortcut sample --ckpt runs/digits/checkpoint.pt --steps 1 --n 10 --out samples.png
 """
 import argparse
+import copy
 import dataclasses
 import inspect
 import json
@@ -15,7 +16,8 @@ import sys
 
 import torch
 
-from .config import ObjectiveConfig, TrainConfig
+from .config import TOY_2D_DEFAULTS, ObjectiveConfig, TrainConfig
+from .data import TOY_2D
 
 
 class CommandError(Exception):
@@ -132,7 +134,9 @@ def build_parser():
     p = Parser(prog="shortcut", description="Shortcut models: one-step diffusion.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)")
+    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)",
+                        description="Train a model. 2-D data (checkerboard, moons, 8gaussians) starts from "
+                        "shortcut.config.TOY_2D_DEFAULTS instead of the defaults shown; flags override either.")
     add_dataclass_args(tr, TrainConfig, skip=("objective", "model_overrides"))
     add_dataclass_args(tr, ObjectiveConfig)
     tr.add_argument("--model", action="append", metavar="KEY=VALUE", help="ModelConfig override, repeatable")
@@ -223,16 +227,8 @@ def main(argv=None):
 
 def run(args):
     if args.command == "train":
-        base = None
-        if args.recipe:
-            if args.data is None:
-                raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
-            base = TrainConfig.recipe(args.recipe, data=args.data)
-        elif args.resume:
-            base = _resumed_config(args.out_dir or TrainConfig().out_dir)
-        cfg = config_from_args(args, base)
         from .train import train
-        result = train(cfg)
+        result = train(train_config(args))
         if result.rank == 0:   # under torchrun every rank returns the same (reduced) metrics
             print(json.dumps(result.history[-1] if result.history else {}))
     elif args.command == "demo":
@@ -252,15 +248,26 @@ def run(args):
 
 
 def convert_official_cmd(args):
-    """`shortcut convert-official`: a bad checkpoint is one line on stderr, exit status 2, nothing written."""
-    from .convert import ConvertError, convert_official
-    try:
-        out = convert_official(args.path, args.out, input_size=args.input_size, num_heads=args.num_heads,
-                               weights=args.weights)
-    except ConvertError as e:
-        print(f"shortcut convert-official: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(out)
+    """`shortcut convert-official`: a bad checkpoint (ConvertError, a ValueError) is one line on stderr through
+    main's error path, exit status 2, nothing written."""
+    from .convert import convert_official
+    print(convert_official(args.path, args.out, input_size=args.input_size, num_heads=args.num_heads,
+                           weights=args.weights))
+
+
+def train_config(args):
+    """The TrainConfig of `shortcut train ARGS`: flags over a base, which is the recipe (--recipe), the run's
+    own config (--resume), TOY_2D_DEFAULTS (2-D data) or the TrainConfig defaults."""
+    base = None
+    if args.recipe:
+        if args.data is None:
+            raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
+        base = TrainConfig.recipe(args.recipe, data=args.data)
+    elif args.resume:
+        base = _resumed_config(args.out_dir or TrainConfig().out_dir)
+    elif args.data in TOY_2D:
+        base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS))
+    return config_from_args(args, base)
 
 
 def _resumed_config(out_dir):
@@ -275,8 +282,8 @@ def _resumed_config(out_dir):
 
 
 def eval_cmd(args):
-    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD) metrics per step count; --fid for images."""
-    from .data import TOY_2D
+    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD, support, coverage, spread) metrics per step
+    count; --fid for images."""
     from .eval import evaluate_2d, evaluate_digits, format_table
     from .train import resolve_device
     if args.fid:
@@ -291,7 +298,7 @@ def eval_cmd(args):
             kind = ["accuracy", "fd"]
         elif info["name"] in TOY_2D:
             results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
-            kind = ["energy", "swd"]
+            kind = ["energy", "swd", "support", "coverage", "spread"]
         else:
             raise CommandError(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):
