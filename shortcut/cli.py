@@ -121,11 +121,12 @@ FORCE_CFG_HELP = "allow --cfg-scale at step counts whose levels never trained th
 
 
 def check_guidance(model, steps, cfg_scale, force_cfg):
-    """Refuse an explicit --cfg-scale the model was never trained for before any sampling: one line, exit 2."""
-    from .sampler import guidance_scales, schedule_for
+    """Refuse an explicit --cfg-scale the model was never trained for (or a step count out of range) before
+    any sampling: one line, exit 2."""
+    from .sampler import sampling_plan
     try:
         for s in steps:
-            guidance_scales(model, schedule_for(model, s), cfg_scale, force_cfg)
+            sampling_plan(model, s, cfg_scale, force_cfg)
     except ValueError as e:
         raise CommandError(str(e)) from None
 
@@ -330,8 +331,6 @@ def fid_cmd(args):
     for ckpt in args.ckpt:
         model, info, decode = load_for_sampling(ckpt, device, live=args.live)
         check_guidance(model, args.steps, args.cfg_scale, args.force_cfg)
-        if args.force_cfg and args.cfg_scale is not None:
-            model.guidance = None   # fid.py samples through the plain API: no record, every explicit w is allowed
         if ref is None:
             try:
                 features = inception_features(device, args.inception_weights)
@@ -343,21 +342,24 @@ def fid_cmd(args):
         name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
         results[name] = evaluate_fid(model, features, ref, args.steps, args.fid_n, tuple(info["shape"]),
                                      info["num_classes"], args.batch_size, args.cfg_scale, decode, args.seed,
-                                     device, args.progress)
+                                     device, args.progress, args.force_cfg)
     print(format_table(results, ["fid"]))
 
 
 def load_for_sampling(path, device, live=False):
     """(model, data_info, decode) from a checkpoint file or a save_pretrained folder; decode maps samples to
-    images (the VAE for latent models, identity otherwise)."""
+    images (the VAE for latent models, identity otherwise). The model carries the objective it was trained
+    with (`model.objective`), so `shortcut.sample` picks its sampler."""
+    from .pretrained import checkpoint_objective, from_pretrained
     from .train import checkpoint_data_info, load_checkpoint, model_from_checkpoint
     if os.path.isdir(path):
-        from .pretrained import from_pretrained
         model = from_pretrained(path, weights="live" if live else "ema")
         info = model.data_info
     else:
         ckpt = load_checkpoint(path)
         model, _ = model_from_checkpoint(ckpt, use_ema=not live)
+        if getattr(model, "objective", None) is None:
+            model.objective = checkpoint_objective(ckpt)
         info = checkpoint_data_info(ckpt)
     model = model.to(device)
     decode = None
@@ -388,9 +390,12 @@ def sample_cmd(args):
             from .graph import GraphSampler
             # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path; it casts the noise.
             gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
-            x = gs(noise, y)
+            # A consistency-training model re-noises between steps: in the graph, from --seed's seeded streams.
+            x = gs(noise, y, seed=args.seed) if gs.plan.rule == "consistency" and s > 1 else gs(noise, y)
         else:
-            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
+            # Re-noising of consistency-training models (unused by the others): its own stream of --seed.
+            renoise = torch.Generator().manual_seed(args.seed + 1)
+            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg, generator=renoise)
         rows.append((decode(x) if decode else x).float().cpu())
     img = grid_image(rows) if len(shape) == 3 else scatter_image(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
