@@ -285,7 +285,7 @@ def _resumed_config(out_dir):
 def eval_cmd(args):
     """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD, support, coverage, spread) metrics per step
     count; --fid for images."""
-    from .eval import evaluate_2d, evaluate_digits, format_table
+    from .eval import METRICS_2D, METRICS_DIGITS, evaluate_2d, evaluate_digits, format_table
     from .train import resolve_device
     if args.fid:
         return fid_cmd(args)
@@ -296,10 +296,10 @@ def eval_cmd(args):
         name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
         if info["name"] == "digits":
             results[name] = evaluate_digits(model, args.steps, per_class=args.per_class, device=device)
-            kind = ["accuracy", "fd"]
+            kind = METRICS_DIGITS
         elif info["name"] in TOY_2D:
             results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
-            kind = ["energy", "swd", "support", "coverage", "spread"]
+            kind = METRICS_2D
         else:
             raise CommandError(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):

@@ -161,6 +161,10 @@ def _spread(x, parts):
     return float(((x - means[parts]) ** 2).sum(1).mean().sqrt())
 
 
+METRICS_2D = ["energy", "swd", "support", "coverage", "spread"]   # the columns of evaluate_2d's rows
+METRICS_DIGITS = ["accuracy", "fd"]                               # the columns of evaluate_digits's rows
+
+
 @torch.no_grad()
 def evaluate_2d(model, name, steps=EVAL_STEPS, n=2000, seed=0, device=None):
     """Per step count: energy distance and sliced Wasserstein distance of samples to fresh data, and the

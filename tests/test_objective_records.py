@@ -12,7 +12,7 @@ from PIL import Image
 
 from shortcut import ModelConfig, ShortcutDiT, ShortcutMLP, TrainConfig, from_pretrained, sample, save_pretrained
 from shortcut.cli import main
-from shortcut.eval import evaluate_2d, format_table, grid_image
+from shortcut.eval import METRICS_2D, evaluate_2d, format_table, grid_image
 from shortcut.fid import model_stats
 from shortcut.model import architecture
 
@@ -82,7 +82,7 @@ def test_eval_mixes_objectives_each_with_its_sampler(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     models["ckpt"] = models["ct"]
     expected = {name: evaluate_2d(m.to(DEVICE), "moons", [1, 3], device=DEVICE) for name, m in models.items()}
-    assert out == format_table(expected, ["energy", "swd"])
+    assert out == format_table(expected, METRICS_2D)
     # The check can fail: without its objective the consistency model samples with the shortcut schedule.
     models["ct"].objective = None
     assert evaluate_2d(models["ct"], "moons", [3], device=DEVICE)[0] != expected["ct"][1]
