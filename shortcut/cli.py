@@ -9,6 +9,7 @@
     shortcut sample --ckpt runs/digits/checkpoint.pt --steps 1 --n 10 --out samples.png
 """
 import argparse
+import copy
 import dataclasses
 import inspect
 import json
@@ -18,7 +19,8 @@ import sys
 
 import torch
 
-from .config import OBJECTIVE_NAMES, ObjectiveConfig, TrainConfig
+from .config import OBJECTIVE_NAMES, TOY_2D_DEFAULTS, ObjectiveConfig, TrainConfig
+from .data import TOY_2D
 
 
 class CommandError(Exception):
@@ -122,11 +124,12 @@ FORCE_CFG_HELP = "allow --cfg-scale at step counts whose levels never trained th
 
 
 def check_guidance(model, steps, cfg_scale, force_cfg):
-    """Refuse an explicit --cfg-scale the model was never trained for before any sampling: one line, exit 2."""
-    from .sampler import guidance_scales, schedule_for
+    """Refuse an explicit --cfg-scale the model was never trained for (or a step count out of range) before
+    any sampling: one line, exit 2."""
+    from .sampler import sampling_plan
     try:
         for s in steps:
-            guidance_scales(model, schedule_for(model, s), cfg_scale, force_cfg)
+            sampling_plan(model, s, cfg_scale, force_cfg)
     except ValueError as e:
         raise CommandError(str(e)) from None
 
@@ -135,7 +138,9 @@ def build_parser():
     p = Parser(prog="shortcut", description="Shortcut models: one-step diffusion.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)")
+    tr = sub.add_parser("train", help="train a model (all TrainConfig / ObjectiveConfig fields are flags)",
+                        description="Train a model. 2-D data (checkerboard, moons, 8gaussians) starts from "
+                        "shortcut.config.TOY_2D_DEFAULTS instead of the defaults shown; flags override either.")
     add_dataclass_args(tr, TrainConfig, skip=("objective", "model_overrides"))
     add_dataclass_args(tr, ObjectiveConfig)
     next(a for a in tr._actions if a.dest == "objective").choices = OBJECTIVE_NAMES
@@ -227,19 +232,8 @@ def main(argv=None):
 
 def run(args):
     if args.command == "train":
-        if args.resume and args.init_from:
-            raise CommandError(f"--init-from ({args.init_from}) and --resume exclude each other: a resumed run keeps "
-                               f"its own weights (drop --init-from to resume, or start a new --out-dir)")
-        base = None
-        if args.recipe:
-            if args.data is None:
-                raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
-            base = TrainConfig.recipe(args.recipe, data=args.data)
-        elif args.resume:
-            base = _resumed_config(args.out_dir or TrainConfig().out_dir)
-        cfg = config_from_args(args, base)
         from .train import train
-        result = train(cfg)
+        result = train(train_config(args))
         if result.rank == 0:   # under torchrun every rank returns the same (reduced) metrics
             print(json.dumps(result.history[-1] if result.history else {}))
     elif args.command == "demo":
@@ -259,15 +253,29 @@ def run(args):
 
 
 def convert_official_cmd(args):
-    """`shortcut convert-official`: a bad checkpoint is one line on stderr, exit status 2, nothing written."""
-    from .convert import ConvertError, convert_official
-    try:
-        out = convert_official(args.path, args.out, input_size=args.input_size, num_heads=args.num_heads,
-                               weights=args.weights)
-    except ConvertError as e:
-        print(f"shortcut convert-official: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(out)
+    """`shortcut convert-official`: a bad checkpoint (ConvertError, a ValueError) is one line on stderr through
+    main's error path, exit status 2, nothing written."""
+    from .convert import convert_official
+    print(convert_official(args.path, args.out, input_size=args.input_size, num_heads=args.num_heads,
+                           weights=args.weights))
+
+
+def train_config(args):
+    """The TrainConfig of `shortcut train ARGS`: flags over a base, which is the recipe (--recipe), the run's
+    own config (--resume), TOY_2D_DEFAULTS (2-D data) or the TrainConfig defaults."""
+    if args.resume and args.init_from:
+        raise CommandError(f"--init-from ({args.init_from}) and --resume exclude each other: a resumed run keeps "
+                           f"its own weights (drop --init-from to resume, or start a new --out-dir)")
+    base = None
+    if args.recipe:
+        if args.data is None:
+            raise CommandError("--recipe needs --data (an image folder or latents:DIR from `shortcut encode`)")
+        base = TrainConfig.recipe(args.recipe, data=args.data)
+    elif args.resume:
+        base = _resumed_config(args.out_dir or TrainConfig().out_dir)
+    elif args.data in TOY_2D:
+        base = TrainConfig(data=args.data, **copy.deepcopy(TOY_2D_DEFAULTS))
+    return config_from_args(args, base)
 
 
 def _resumed_config(out_dir):
@@ -283,9 +291,9 @@ def _resumed_config(out_dir):
 
 
 def eval_cmd(args):
-    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD) metrics per step count; --fid for images."""
-    from .data import TOY_2D
-    from .eval import evaluate_2d, evaluate_digits, format_table
+    """`shortcut eval`: digits (accuracy, FD) or 2-D (energy, SWD, support, coverage, spread) metrics per step
+    count; --fid for images."""
+    from .eval import METRICS_2D, METRICS_DIGITS, evaluate_2d, evaluate_digits, format_table
     from .train import resolve_device
     if args.fid:
         return fid_cmd(args)
@@ -296,10 +304,10 @@ def eval_cmd(args):
         name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
         if info["name"] == "digits":
             results[name] = evaluate_digits(model, args.steps, per_class=args.per_class, device=device)
-            kind = ["accuracy", "fd"]
+            kind = METRICS_DIGITS
         elif info["name"] in TOY_2D:
             results[name] = evaluate_2d(model, info["name"], args.steps, device=device)
-            kind = ["energy", "swd"]
+            kind = METRICS_2D
         else:
             raise CommandError(f"no built-in metric for data {info['name']!r} ({ckpt}); use --fid for images")
         if metrics not in (None, kind):
@@ -331,8 +339,6 @@ def fid_cmd(args):
     for ckpt in args.ckpt:
         model, info, decode = load_for_sampling(ckpt, device, live=args.live)
         check_guidance(model, args.steps, args.cfg_scale, args.force_cfg)
-        if args.force_cfg and args.cfg_scale is not None:
-            model.guidance = None   # fid.py samples through the plain API: no record, every explicit w is allowed
         if ref is None:
             try:
                 features = inception_features(device, args.inception_weights)
@@ -344,21 +350,24 @@ def fid_cmd(args):
         name = os.path.basename(os.path.abspath(ckpt if os.path.isdir(ckpt) else os.path.dirname(ckpt)))
         results[name] = evaluate_fid(model, features, ref, args.steps, args.fid_n, tuple(info["shape"]),
                                      info["num_classes"], args.batch_size, args.cfg_scale, decode, args.seed,
-                                     device, args.progress)
+                                     device, args.progress, args.force_cfg)
     print(format_table(results, ["fid"]))
 
 
 def load_for_sampling(path, device, live=False):
     """(model, data_info, decode) from a checkpoint file or a save_pretrained folder; decode maps samples to
-    images (the VAE for latent models, identity otherwise)."""
+    images (the VAE for latent models, identity otherwise). The model carries the objective it was trained
+    with (`model.objective`), so `shortcut.sample` picks its sampler."""
+    from .pretrained import checkpoint_objective, from_pretrained
     from .train import checkpoint_data_info, load_checkpoint, model_from_checkpoint
     if os.path.isdir(path):
-        from .pretrained import from_pretrained
         model = from_pretrained(path, weights="live" if live else "ema")
         info = model.data_info
     else:
         ckpt = load_checkpoint(path)
         model, _ = model_from_checkpoint(ckpt, use_ema=not live)
+        if getattr(model, "objective", None) is None:
+            model.objective = checkpoint_objective(ckpt)
         info = checkpoint_data_info(ckpt)
     model = model.to(device)
     decode = None
@@ -389,9 +398,12 @@ def sample_cmd(args):
             from .graph import GraphSampler
             # The sampler's dtype (bf16 under autocast for an fp32 checkpoint) is the fast path; it casts the noise.
             gs = GraphSampler(model, batch_size=args.n, steps=s, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
-            x = gs(noise, y)
+            # A consistency-training model re-noises between steps: in the graph, from --seed's seeded streams.
+            x = gs(noise, y, seed=args.seed) if gs.plan.rule == "consistency" and s > 1 else gs(noise, y)
         else:
-            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg)
+            # Re-noising of consistency-training models (unused by the others): its own stream of --seed.
+            renoise = torch.Generator().manual_seed(args.seed + 1)
+            x = sample(model, noise, s, y=y, cfg_scale=args.cfg_scale, force_cfg=args.force_cfg, generator=renoise)
         rows.append((decode(x) if decode else x).float().cpu())
     img = grid_image(rows) if len(shape) == 3 else scatter_image(rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

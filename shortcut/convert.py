@@ -405,7 +405,7 @@ def convert_official(path, out, input_size=32, num_heads=None, weights=("ema", "
     # levels below 128 steps (bootstrap_cfg 1, cfg_scale 1.5); CelebA-HQ is unconditional (every label null).
     recipe = (ObjectiveConfig(bootstrap_cfg=True, bootstrap_cfg_scale=1.5) if info["num_classes"] > 1
               else ObjectiveConfig(class_dropout_prob=1.0))
-    extra = {"guidance": recipe.guidance(info["num_classes"]), "step": step,
+    extra = {"objective": "shortcut", "guidance": recipe.guidance(info["num_classes"]), "step": step,
              "source": {"kind": "kvfrans/shortcut-models checkpoint", "file": os.path.basename(resolve_path(path)),
                         "trees": {w: TREES[w] for w in weights}}}
     try:

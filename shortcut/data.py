@@ -82,6 +82,11 @@ class Toy2D(Dataset):
         return toy_2d(self.name, n, generator), torch.zeros(n, dtype=torch.long)
 
 
+# Geometry of the 2-D toys, shared by the sampler below and the structure metrics (toy_2d_parts).
+MOON_NOISE = 0.03        # std of the isotropic noise around the moon curves
+GAUSS_RADIUS, GAUSS_STD = 0.8, 0.05   # 8gaussians: centres on this circle, each N(centre, std²)
+
+
 def toy_2d(name, n, generator):
     """n samples (n, 2) of checkerboard / moons / 8gaussians, scaled to about [-1, 1]."""
     g = generator
@@ -95,14 +100,50 @@ def toy_2d(name, n, generator):
     if name == "moons":
         th = torch.rand(n, generator=g) * math.pi
         upper = torch.rand(n, generator=g) < 0.5
-        x = torch.where(upper, torch.cos(th), 1 - torch.cos(th))
-        y = torch.where(upper, torch.sin(th), 0.5 - torch.sin(th))
-        pts = torch.stack([x - 0.5, y - 0.25], 1) / 1.5
-        return pts + 0.03 * torch.randn(n, 2, generator=g)
+        return _moon_curve(th, upper) + MOON_NOISE * torch.randn(n, 2, generator=g)
     if name == "8gaussians":
         ang = torch.randint(0, 8, (n,), generator=g).float() * (math.pi / 4)
-        centres = torch.stack([torch.cos(ang), torch.sin(ang)], 1) * 0.8
-        return centres + 0.05 * torch.randn(n, 2, generator=g)
+        return _gauss_centres(ang) + GAUSS_STD * torch.randn(n, 2, generator=g)
+    raise ValueError(f"unknown 2-D dataset {name!r}; expected one of {TOY_2D}")
+
+
+def _moon_curve(th, upper):
+    """Points of the two moons at angles th ∈ [0, π]: the upper moon where `upper`, else the lower one."""
+    x = torch.where(upper, torch.cos(th), 1 - torch.cos(th))
+    y = torch.where(upper, torch.sin(th), 0.5 - torch.sin(th))
+    return torch.stack([x - 0.5, y - 0.25], 1) / 1.5
+
+
+def _gauss_centres(ang):
+    return torch.stack([torch.cos(ang), torch.sin(ang)], 1) * GAUSS_RADIUS
+
+
+TOY_PARTS = 8   # each toy's support splits into 8 parts of equal mass: board cells, modes, quarter moons
+
+
+def toy_2d_parts(name, x):
+    """For points x (N, 2): the index (0 .. 7) of the part of the toy's support each lies in, -1 outside.
+
+    checkerboard: the 8 filled cells. 8gaussians: within 3 std (0.15) of a centre (98.9 % of the data).
+    moons: within 0.1 (3.3 noise std) of a moon curve, each moon cut into 4 arcs of equal angle.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 2)
+    if name == "checkerboard":
+        col, row = ((x + 1) * 2).floor().long().unbind(1)
+        inside = (col >= 0) & (col < 4) & (row >= 0) & (row < 4) & ((col + row) % 2 == 0)
+        return torch.where(inside, row * 2 + col.div(2, rounding_mode="floor"), -1)
+    if name == "8gaussians":
+        centres = _gauss_centres(torch.arange(8, dtype=torch.float64) * (math.pi / 4))
+        dist, part = torch.cdist(x, centres).min(1)
+        return torch.where(dist <= 3 * GAUSS_STD, part, -1)
+    if name == "moons":
+        m = 512   # curve points per moon: spacing π/512/1.5 ≈ 0.004, far below the 0.1 tolerance
+        th = (torch.arange(m, dtype=torch.float64) + 0.5) * (math.pi / m)
+        curve = torch.cat([_moon_curve(th, torch.ones(m, dtype=torch.bool)),
+                           _moon_curve(th, torch.zeros(m, dtype=torch.bool))])        # (2m, 2)
+        dist, idx = torch.cdist(x, curve).min(1)
+        part = (idx // m) * 4 + (idx % m) * 4 // m
+        return torch.where(dist <= 0.1, part, -1)
     raise ValueError(f"unknown 2-D dataset {name!r}; expected one of {TOY_2D}")
 
 

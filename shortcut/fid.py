@@ -167,18 +167,21 @@ def balanced_labels(n, num_classes):
 
 
 @torch.no_grad()
-def model_stats(model, features, n, steps, shape, num_classes=0, batch_size=100, cfg_scale=1.0, decode=None,
-                seed=0, device="cpu", progress=False):
-    """Feature statistics of n samples drawn in `steps` Euler steps; the same noise and labels for every
-    step count (seeded), streamed batch by batch."""
+def model_stats(model, features, n, steps, shape, num_classes=0, batch_size=100, cfg_scale=None, decode=None,
+                seed=0, device="cpu", progress=False, force_cfg=False):
+    """Feature statistics of n samples drawn in `steps` steps with the model's own sampler (`shortcut.sample`;
+    cfg_scale None: its guidance policy); the same noise and labels for every step count (seeded), streamed
+    batch by batch. A consistency-training model's re-noising draws from one generator seeded seed + 1 across
+    the batches (a fresh default generator per batch would repeat the same draws in every batch)."""
     g = torch.Generator().manual_seed(seed)
+    renoise = torch.Generator().manual_seed(seed + 1)
     labels = balanced_labels(n, num_classes)
     stats, bar = FeatureStats(), _progress(n, progress, f"{steps} steps")
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         noise = torch.randn(b, *shape, generator=g).to(device)
         y = labels[i:i + b].to(device) if labels is not None else None
-        x = sample(model, noise, steps, y=y, cfg_scale=cfg_scale)
+        x = sample(model, noise, steps, y=y, cfg_scale=cfg_scale, force_cfg=force_cfg, generator=renoise)
         stats.add(features(decode(x) if decode else x))
         bar.update(b)
     bar.close()
@@ -201,12 +204,13 @@ def reference_stats(ref, features, image_size=0, n=None, batch_size=100, num_wor
     return stats.mu, stats.sigma
 
 
-def evaluate_fid(model, features, ref_stats, steps, n, shape, num_classes=0, batch_size=100, cfg_scale=1.0,
-                 decode=None, seed=0, device="cpu", progress=False):
-    """[{"steps": s, "fid": …}] for each step count: n samples each against ref_stats = (mu, sigma)."""
+def evaluate_fid(model, features, ref_stats, steps, n, shape, num_classes=0, batch_size=100, cfg_scale=None,
+                 decode=None, seed=0, device="cpu", progress=False, force_cfg=False):
+    """[{"steps": s, "fid": …}] for each step count: n samples each against ref_stats = (mu, sigma), drawn with
+    the model's own sampler (cfg_scale None: its guidance policy; see `shortcut.sample`)."""
     rows = []
     for s in steps:
         st = model_stats(model, features, n, s, shape, num_classes, batch_size, cfg_scale, decode, seed, device,
-                         progress)
+                         progress, force_cfg)
         rows.append({"steps": s, "fid": frechet_from_stats(st.mu, st.sigma, *ref_stats)})
     return rows

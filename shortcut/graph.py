@@ -1,265 +1,41 @@
-"""CUDA-graph samplers: the whole Euler loop of `shortcut.sample` captured once, replayed per call.
+"""CUDA-graph samplers: the whole loop of `shortcut.sample` captured once, replayed per call.
 
 At batch 1 eager sampling is launch-bound: a DiT-B/2 step is a few hundred small kernels whose launches
 cost milliseconds of host time, while the GPU work is ~0.1 ms (262 MB of bf16 weights at ~3 TB/s).
-`GraphSampler` captures the `steps`-step loop (CFG included) into one CUDA graph and replays it:
+`GraphSampler` captures the `steps`-step loop of the model's sampling plan (its objective's sampler, CFG
+included; shortcut.sampler.sampling_plan) into one CUDA graph and replays it:
 
     gs = GraphSampler(model, batch_size=1, steps=1)        # warm-up + capture happen here
     x1 = gs(noise, y)                                       # copy in, replay, clone out
     gs = GraphSampler(model, batch_size=16, steps=4, cfg_scale=1.5, seeded=True)
-    x1 = gs(seed=0, y=y)                                    # noise drawn inside the graph
+    x1 = gs(seed=0, y=y)                                    # noise drawn inside the graph (shortcut.seeded)
 
-Conditioning cache. With `steps` fixed, step i sees the same (t_i, k_i) of `step_schedule` for every
-sample, so c and every block's adaLN vectors depend only on (i, y). `ConditioningCache` computes them once
-for every label (or a subset) into one table; the sampler gathers its rows once per call and skips the
-embedders and the adaLN projections at every step. Those projections are a third of a DiT's weights
-(6D² of each block's 18D²: 87 of DiT-B/2's 262 MB in bf16), which every step must read from memory
-whatever the batch. Launches (TorchDispatchMode on CPU, DiT-B/2, batch 1, kernels="torch"): 261 aten
-ops per eager step (4 of them the CPU-only label check), 226 through the cache, plus 7 once per call
-for the label -> row gather; the fused path (one sinusoid kernel, one adaLN GEMM) saves fewer launches,
-the weight traffic is the same. The table holds (labels + 1) · steps · (6·depth + 2)·D elements:
-114 MB per step for DiT-B/2 with 1000 classes in bf16, 394 MB for DiT-XL/2; `cond_cache="auto"` builds
-it up to 1 GiB, `labels=` restricts it to the labels in use.
-
-Weights. The graph reads the parameters in place, so in-place updates (`load_state_dict`, optimiser
-steps, EMA) are seen by the next replay; the conditioning table is recomputed when a parameter's
-version counter moved. The per-call check (pointers and versions of DiT-B/2's 136 tensors) took ~12 µs
-on a busy 2-core CPU. Weights that were *replaced* (`model.to(...)`, `.half()`, `param.data = ...`,
-`load_state_dict(assign=True)`) raise an error on the next call: `gs.refresh()` captures again.
-Writes through `param.data` (`p.data.copy_(w)`, `p.data.mul_(s)`) bypass the version counter and go
-unseen by the table: call `gs.refresh()` after them. `check_weights=False` skips the check; call
-`refresh()` yourself after changing the weights.
-
-RNG (`seeded=True`). Noise is a pure function of (seed, element index): a counter-based integer hash
-(lowbias32) turned into normals by Box-Muller, see `seeded_noise`. No generator state is read or
-advanced, so a replay with seed s gives the same noise as `seeded_noise(s, shape)` on any device (up to
-the last-bit rounding of log/cos), the same seed always gives the same images, and the first b samples
-of a batch do not depend on the batch size.
-
-Captured loops live in a small per-model cache (`MAX_GRAPHS` entries, least recently used dropped)
-keyed by batch size, steps, per-step CFG scales, dtype, kernels / attention backend and options, all
-sharing one memory pool: building a GraphSampler twice with the same arguments captures once. Sharing
-is safe in any replay order: static inputs are allocated outside the pool, and each replay's output is
-cloned before another graph can run, so a graph never needs pool memory to survive someone else's
-replay. Not thread-safe (one stream). On a CPU model nothing is captured: the same static-buffer loop
-runs eagerly (`gs.graphed` is False).
+Uncompiled ShortcutDiTs read their adaLN vectors from a ConditioningCache (shortcut.condcache). The notes on
+weights are at `GraphSampler`, on the shared memory pool at `_ModelGraphs`, on consistency sampling at
+`_Captured`. On a CPU model nothing is captured: the same static-buffer loop runs eagerly (`gs.graphed` is
+False).
 """
 import collections
-import contextlib
 import math
-import numbers
 import operator
 import weakref
 
 import torch
 
+from .condcache import (ConditioningCache, _autocast, _check_label_subset, _first_param, _supports_cache,
+                        cached_velocity, sample_cached)
 from .profiling import nvtx_range
-from .sampler import check_cfg_scale, check_labels, check_steps, guidance_scales, guided_velocity, schedule_for
+from .sampler import (check_cfg_scale, check_steps, guided_velocity, integrate, null_label_of, objective_of,
+                      sampling_plan, schedule_for, step_input, unwrap)
+from .seeded import _counter_hashes, _hash32, _mul32, _seeded_normal, check_seed, seeded_noise
 
 MAX_GRAPHS = 8                    # captured loops kept per model
 COND_CACHE_AUTO_BYTES = 1 << 30   # cond_cache="auto" builds tables up to this size
 WARMUP_RUNS = 3                   # eager runs on a side stream before capture (Triton JIT, autotune, compile)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-_M32 = 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------------
-# Seeded noise: a counter-based generator that a CUDA graph can replay with a new seed.
-
-def _mul32(x, c):
-    """x·c mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c; split in 16-bit halves so no
-    product leaves int64 (x·c itself can reach 2^64)."""
-    return (x * (c & 0xFFFF) + ((x * (c >> 16)) & 0xFFFF) * 65536) & _M32
-
-
-def _hash32(x):
-    """lowbias32 (C. Wellons' integer hash): a bijection of [0, 2^32) with near-ideal avalanche."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _counter_hashes(numel, device):
-    """Hashes of the counters 0 .. 2·numel − 1 (two uniforms per normal): seed-independent, precomputed."""
-    return _hash32(torch.arange(2 * numel, dtype=torch.int64, device=device))
-
-
-def _seeded_normal(counter_hashes, seed, shape, dtype):
-    """N(0, 1) noise of `shape` from precomputed counter hashes and an int64 seed tensor (1,)."""
-    key = _hash32(_hash32(seed >> 32) ^ (seed & _M32))                      # (1,) 64-bit seed -> 32 bits
-    bits = _hash32(counter_hashes ^ key) >> 8                               # (2n,) 24 random bits each
-    u = (bits.to(torch.float32) + 0.5) * 2.0 ** -24                         # uniform in (0, 1), exact
-    u1, u2 = u.view(-1, 2).unbind(1)                                        # (n,), (n,)
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)  # Box-Muller, |z| < 5.9
-    return z.view(shape).to(dtype)
-
-
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    return int(seed)
-
-
-def seeded_noise(seed, shape, device="cpu", dtype=torch.float32):
-    """Standard-normal noise that is a pure function of (seed, element index): what `GraphSampler(...,
-    seeded=True)` draws inside its graph. Element j of the flattened tensor uses counters 2j and 2j + 1,
-    so a prefix of the batch does not depend on the batch size. Not torch.randn's stream."""
-    seed = _check_seed(seed)
-    shape = tuple(shape)
-    s = torch.full((1,), seed, dtype=torch.int64, device=device)
-    return _seeded_normal(_counter_hashes(math.prod(shape), s.device), s, shape, dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Conditioning cache.
-
-def _unwrap(model):
-    """The module behind a torch.compile wrapper (OptimizedModule keeps it in _orig_mod)."""
-    return getattr(model, "_orig_mod", model)
-
-
-def _supports_cache(net):
-    return all(callable(getattr(net, name, None)) for name in ("embed", "modulations", "forward_with_modulations"))
-
-
-def _first_param(net):
-    p = next((p for p in net.parameters() if p.is_floating_point()), None)
-    if p is None:
-        raise ValueError("model has no floating-point parameters to sample with")
-    return p
-
-
-def _autocast(device, dtype, param_dtype):
-    """Autocast when an fp32 model samples in fp16/bf16; nothing when the dtypes agree. Autocast's weight
-    cache must be off under graph capture (it would keep casts made during capture)."""
-    if dtype == param_dtype:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-
-
-def _check_label_subset(labels, null):
-    """Sorted unique labels with the null label added (unconditional and CFG rows need it)."""
-    if isinstance(labels, torch.Tensor):
-        if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
-        values = labels.tolist()
-    else:
-        values = list(labels)
-    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"labels must be a non-empty sequence of ints, got {labels!r}")
-    if min(values) < 0 or max(values) > null:
-        raise ValueError(f"labels must lie in [0, {null}] ({null} = null), got [{min(values)}, {max(values)}]")
-    return torch.tensor(sorted(set(int(v) for v in values) | {null}), dtype=torch.long)
-
-
-class ConditioningCache:
-    """Every adaLN vector a `steps`-step sampler needs, per label: `table` (labels + 1, steps, M).
-
-    Row r, step i holds cat(net.modulations(net.embed(t_i, k_i, label_r))) with (t_i, d_i, k_i) the i-th
-    step of `schedule_for(net, steps)`; M = sum of the modulation widths ((6·depth + 2)·D for a
-    ShortcutDiT). The extra last row is NaN: labels outside `labels` or outside [0, num_classes] gather
-    it, so a bad label on the GPU yields a NaN image instead of a device-side assert that would end the
-    CUDA context.
-    Build it under the autocast a sampler runs in; call `refresh(net)` after the weights change.
-    """
-
-    def __init__(self, net, steps, labels=None, dtype=None):
-        if not _supports_cache(net):
-            raise TypeError(f"{type(net).__name__} has no embed / modulations / forward_with_modulations: "
-                            "the conditioning cache needs a ShortcutDiT")
-        self.steps, self.schedule = check_steps(steps), schedule_for(net, steps)
-        null = net.null_label
-        device = _first_param(net).device
-        self.dtype = dtype                   # autocast dtype the table is computed under (None: none)
-        self.labels = (torch.arange(null + 1) if labels is None else _check_label_subset(labels, null)).to(device)
-        n = len(self.labels)
-        self.row_of = torch.full((null + 1,), n, dtype=torch.long, device=device)   # label -> table row
-        self.row_of[self.labels] = torch.arange(n, device=device)
-        self.table, self.sizes = None, None
-        self.refresh(net)
-
-    @property
-    def nbytes(self):
-        return self.table.numel() * self.table.element_size()
-
-    @torch.no_grad()
-    def refresh(self, net):
-        """(Re)compute the table in place: a captured graph holding it sees the new values."""
-        n = len(self.labels)
-        device = self.labels.device
-        param_dtype = _first_param(net).dtype
-        ctx = _autocast(device, self.dtype, param_dtype) if self.dtype is not None else contextlib.nullcontext()
-        with ctx:
-            for i, (t_i, _, k_i) in enumerate(self.schedule):
-                t = torch.full((n,), t_i, dtype=torch.float32, device=device)      # as shortcut.sample
-                k = torch.full((n,), k_i, dtype=torch.long, device=device)
-                mods = net.modulations(net.embed(t, k, self.labels))                # depth × (n, 6D), (n, 2D)
-                if self.table is None:
-                    self.sizes = [m.shape[1] for m in mods]
-                    self.table = torch.full((n + 1, self.steps, sum(self.sizes)), float("nan"),
-                                            dtype=mods[0].dtype, device=device)
-                self.table[:n, i].copy_(torch.cat(mods, dim=1))
-        return self
-
-    def rows(self, y):
-        """Table rows of labels y (B,): in-graph, no host sync; unknown labels -> the NaN row."""
-        null = self.row_of.shape[0] - 1
-        valid = (y >= 0) & (y <= null)
-        return torch.where(valid, self.row_of[y.clamp(0, null)], len(self.labels))   # scalar: no H2D copy
-
-    def gather(self, y):
-        """(B, steps, M): every step's adaLN vectors of each sample, one gather."""
-        return self.table.index_select(0, self.rows(y))
-
-    def split(self, flat):
-        """(B, M) -> the list `net.modulations` returns: depth × (B, 6D) then (B, 2D), as views."""
-        return list(flat.split(self.sizes, dim=1))
-
-
-def _euler_eager(model, x, y, ks, ts, ds, scales, null):
-    """shortcut.sample's loop with precomputed t and k tensors (no allocation of inputs, no checks)."""
-    for t, k, d, w in zip(ts, ks, ds, scales):
-        x = x + d * guided_velocity(model, x, t, k, y, w, null).to(x.dtype)
-    return x
-
-
-def _euler_cached(net, x, mods_all, cache, ds, scales):
-    """The same loop through precomputed adaLN vectors. mods_all (B', steps, M) with B' = 2B when any step
-    is guided (conditional rows first, then null rows, as guided_velocity's concatenated batch)."""
-    B = x.shape[0]
-    for i, (d, w) in enumerate(zip(ds, scales)):
-        if w == 1.0:
-            v = net.forward_with_modulations(x, cache.split(mods_all[:B, i]))      # depth × (B, 6D), (B, 2D)
-        else:
-            v_c, v_u = net.forward_with_modulations(torch.cat([x, x]), cache.split(mods_all[:, i])).chunk(2)
-            v = v_u + w * (v_c - v_u)
-        x = x + d * v.to(x.dtype)
-    return x
-
-
-@torch.no_grad()
-def sample_cached(model, noise, steps=1, y=None, cfg_scale=None, cache=None, *, force_cfg=False):
-    """`shortcut.sample` through a ConditioningCache (eager): same maths, no embedders or adaLN
-    projections per step. Builds the cache unless one for `steps` is given."""
-    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.dim() < 2:
-        raise ValueError("noise must be a floating-point tensor of shape (B, ...)")
-    check_steps(steps)
-    net = _unwrap(model)
-    schedule = schedule_for(net, steps)
-    scales = guidance_scales(net, schedule, cfg_scale, force_cfg)
-    B = noise.shape[0]
-    y = check_labels(net, y, B, noise.device)
-    if cache is None:
-        cache = ConditioningCache(net, steps)
-    elif not isinstance(cache, ConditioningCache) or cache.steps != steps:
-        raise ValueError(f"cache must be a ConditioningCache built for steps={steps}, got "
-                         f"{getattr(cache, 'steps', type(cache).__name__)}")
-    if any(w != 1.0 for w in scales):
-        y = torch.cat([y, torch.full_like(y, net.null_label)])
-    return _euler_cached(net, noise, cache.gather(y), cache, [d for _, d, _ in schedule], scales)
+__all__ = ["GraphSampler", "ConditioningCache", "sample_cached", "seeded_noise", "clear_graphs", "MAX_GRAPHS",
+           "COND_CACHE_AUTO_BYTES", "WARMUP_RUNS", "DTYPES", "_hash32", "_mul32"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,52 +54,66 @@ def _snapshot(tensors):
 
 
 class _Captured:
-    """One captured Euler loop: static buffers, the graph, and the weights it was captured against.
+    """One captured sampling loop (a SamplingPlan at one batch size, dtype, shape and device): static buffers,
+    the graph, and the weights it was captured against.
 
+    A consistency plan (consistency-training models) re-noises between steps. Its fresh noise is drawn inside
+    the graph from the seed buffer (shortcut.seeded: stream i + 1 after step i; stream 0 is the starting noise
+    of a seeded sampler), so a replay never reads a generator's state and the same seed repeats. It is not
+    torch.randn's stream: eager `shortcut.sample` of the same model and noise gives other (equally
+    distributed) samples beyond one step.
     Holds no reference to the model (the per-model cache is weakly keyed by it): methods take it.
     """
 
-    def __init__(self, net, batch_size, steps, cfg_scales, dtype, shape, device, seeded, use_cache, labels):
-        self.batch_size, self.steps, self.cfg_scales, self.dtype = batch_size, steps, cfg_scales, dtype
-        self.shape, self.device, self.seeded, self.use_cache, self.labels = shape, device, seeded, use_cache, labels
-        self.null = net.null_label if hasattr(net, "null_label") else getattr(net, "num_classes", 0)
+    def __init__(self, net, batch_size, plan, dtype, shape, device, seeded, use_cache, labels):
+        self.batch_size, self.plan, self.steps, self.cfg_scales = batch_size, plan, plan.steps, plan.scales
+        self.dtype, self.shape, self.device, self.seeded = dtype, shape, device, seeded
+        self.use_cache, self.labels = use_cache, labels
+        self.null = null_label_of(net)
+        self.renoises = plan.rule == "consistency" and plan.steps > 1
         self.graph, self.out, self.relist = None, None, False
 
     def allocate(self, net):
         """Static inputs (filled with valid values for warm-up) and the per-step constants."""
         B, dev = self.batch_size, self.device
         full = (B,) + self.shape
-        if self.seeded:
+        if self.seeded or self.renoises:
             self.seed = torch.zeros(1, dtype=torch.int64, device=dev)
             self.counter_hashes = _counter_hashes(math.prod(full), dev)
-        else:
+        if not self.seeded:
             self.noise = torch.zeros(full, dtype=self.dtype, device=dev)
         # Labels, with the null half of a guided batch written once: the cached path gathers 2B rows.
-        guided_cache = self.use_cache and any(w != 1.0 for w in self.cfg_scales)
+        guided_cache = self.use_cache and self.plan.guided
         self.y_all = torch.full((2 * B if guided_cache else B,), self.null, dtype=torch.long, device=dev)
         self.y = self.y_all[:B]
-        schedule = schedule_for(net, self.steps)
-        self.ts = [torch.full((B,), t, dtype=torch.float32, device=dev) for t, _, _ in schedule]
-        self.ks = [torch.full((B,), k, dtype=torch.long, device=dev) for _, _, k in schedule]
-        self.ds = [d for _, d, _ in schedule]
+        self.ts = [torch.full((B,), t, dtype=torch.float32, device=dev) for t, _, _ in self.plan.schedule]
+        self.ks = [step_input(k, B, dev) for _, _, k in self.plan.schedule]
         self.param_dtype = _first_param(net).dtype
-        self.cache = ConditioningCache(net, self.steps, self.labels,
-                                       self.dtype if self.dtype != self.param_dtype else None) \
-            if self.use_cache else None
+        self.cache = None
+        if self.use_cache:
+            self.cache = ConditioningCache(net, self.steps, self.labels,
+                                           self.dtype if self.dtype != self.param_dtype else None)
+            if self.cache.schedule != self.plan.schedule:
+                raise ValueError(f"the model now samples as a {self.cache.objective} model, not the "
+                                 f"{self.plan.objective} sampler this GraphSampler was built for: build a new one")
         self.tensors = _weights(net)
         self.snapshot = _snapshot(self.tensors)
 
     def run(self, model):
         """The sampler from the static inputs: the region a graph captures (no sync, no host reads)."""
-        net = _unwrap(model)
+        net = unwrap(model)
+        full = (self.batch_size,) + self.shape
         with torch.no_grad(), _autocast(self.device, self.dtype, self.param_dtype):
-            if self.seeded:
-                x = _seeded_normal(self.counter_hashes, self.seed, (self.batch_size,) + self.shape, self.dtype)
-            else:
-                x = self.noise
+            x = _seeded_normal(self.counter_hashes, self.seed, full, self.dtype) if self.seeded else self.noise
             if self.cache is not None:
-                return _euler_cached(net, x, self.cache.gather(self.y_all), self.cache, self.ds, self.cfg_scales)
-            return _euler_eager(model, x, self.y, self.ks, self.ts, self.ds, self.cfg_scales, self.null)
+                velocity = cached_velocity(net, self.cache, self.cache.gather(self.y_all), self.cfg_scales)
+            else:
+                def velocity(i, x):
+                    return guided_velocity(model, x, self.ts[i], self.ks[i], self.y, self.cfg_scales[i], self.null)
+
+            def noise(i):
+                return _seeded_normal(self.counter_hashes, self.seed, full, x.dtype, stream=i + 1)
+            return integrate(self.plan, x, velocity, noise if self.renoises else None)
 
     def capture(self, model, pool):
         """Warm up on a side stream (Triton JIT, autotune and torch.compile finish there), then capture."""
@@ -362,7 +152,12 @@ class _Captured:
 
 
 class _ModelGraphs:
-    """The captured loops of one model: an LRU of `_Captured`, one CUDA memory pool shared by all."""
+    """The captured loops of one model: an LRU of `_Captured` (MAX_GRAPHS entries, least recently used
+    dropped) keyed by batch size, steps, per-step CFG scales, dtype, kernels / attention backend, options and
+    the sampling plan's objective and schedule, all sharing one CUDA memory pool: building a GraphSampler twice
+    with the same arguments captures once. Sharing is safe in any replay order: static inputs are allocated
+    outside the pool, and each replay's output is cloned before another graph can run, so a graph never needs
+    pool memory to survive someone else's replay. Not thread-safe (one stream)."""
 
     def __init__(self):
         self.entries = collections.OrderedDict()
@@ -397,13 +192,13 @@ def _graphs_of(model):
     if graphs is None:
         graphs = _GRAPHS[model] = _ModelGraphs()
         # load_state_dict(assign=True) swaps Parameter objects: make the next call re-list them.
-        graphs.hook = _unwrap(model).register_load_state_dict_post_hook(_on_load_state_dict)
+        graphs.hook = unwrap(model).register_load_state_dict_post_hook(_on_load_state_dict)
     return graphs
 
 
 def _on_load_state_dict(module, incompatible_keys):
     for model, graphs in list(_GRAPHS.items()):
-        if _unwrap(model) is module:
+        if unwrap(model) is module:
             for entry in graphs.entries.values():
                 entry.relist = True
 
@@ -439,12 +234,12 @@ def _sample_shape(net, shape):
 
 
 class GraphSampler:
-    """`shortcut.sample` captured into a CUDA graph for one (batch size, steps, CFG scale, dtype).
+    """`shortcut.sample` captured into a CUDA graph for one (batch size, steps, CFG scale, dtype): the
+    model's own sampler (shortcut.sampler.sampling_plan: the objective's schedule and update rule).
 
     model: a ShortcutDiT (or any forward(x, t, k, y) module with `shape=`), possibly torch.compile'd
     (default mode; "reduce-overhead" uses CUDA graphs itself and cannot be captured again).
-    steps: any int in 1 … 128 (`shortcut.sampler.step_schedule`). cfg_scale, force_cfg: as
-    `shortcut.sample` (None: guidance where the official code applies it).
+    steps: any int in 1 … 128. cfg_scale, force_cfg: as `shortcut.sample` (None: the model's policy).
     dtype: dtype of the sampled x (and of the static noise buffer): None -> on CUDA the model's dtype if
     fp16/bf16, else bf16; on the CPU the model's own dtype. An fp32 model sampling in fp16/bf16 runs under
     autocast; a half model needs its own dtype.
@@ -452,13 +247,21 @@ class GraphSampler:
     it in. cond_cache: True / False / "auto" (on for uncompiled ShortcutDiTs when the table fits
     COND_CACHE_AUTO_BYTES); labels: restrict the table to these labels (others give NaN images; no
     effect without the cache).
-    check_weights: per call, compare parameter pointers and versions with the capture's (see module doc).
+    check_weights: per call, compare parameter pointers and versions with the capture's.
 
-    Writes through `param.data` are invisible to the weight check: call `refresh()` after them.
+    Weights. The graph reads the parameters in place, so in-place updates (`load_state_dict`, optimiser
+    steps, EMA) are seen by the next replay; the conditioning table is recomputed when a parameter's version
+    counter moved. The per-call check (pointers and versions of DiT-B/2's 136 tensors) took ~12 µs on a busy
+    2-core CPU. Weights that were *replaced* (`model.to(...)`, `.half()`, `param.data = ...`,
+    `load_state_dict(assign=True)`) raise an error on the next call: `refresh()` captures again. Writes
+    through `param.data` (`p.data.copy_(w)`, `p.data.mul_(s)`) bypass the version counter and go unseen by
+    the table: call `refresh()` after them. `check_weights=False` skips the check.
 
     gs(noise, y) -> x1 (a fresh tensor); noise (batch_size, *shape), any floating dtype (cast into the
     static buffer), on the model's device or the CPU; y (batch_size,) int64 on that device or the CPU (CPU
     labels are range-checked; device labels are not, to avoid a sync), or None for the null label.
+    Consistency-training models re-noise between steps with in-graph seeded noise (see `_Captured`): gs(noise,
+    y, seed=s) picks it (default 0: the same samples every call); a seeded sampler uses its one seed for both.
     """
 
     def __init__(self, model, batch_size, steps=1, cfg_scale=None, dtype=None, *, seeded=False,
@@ -473,9 +276,9 @@ class GraphSampler:
             raise ValueError(f"cond_cache must be 'auto', True or False, got {cond_cache!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be None or one of {DTYPES}, got {dtype!r}")
-        net = _unwrap(model)
+        net = unwrap(model)
         param = _first_param(net)
-        cfg_scales = tuple(guidance_scales(net, schedule_for(net, steps), cfg_scale, force_cfg))
+        plan = sampling_plan(net, steps, cfg_scale, force_cfg)
         if dtype is None:   # CUDA: bf16 under autocast is the fast path; the CPU keeps the model's precision
             half = param.dtype in (torch.float16, torch.bfloat16) or param.device.type != "cuda"
             dtype = param.dtype if half else torch.bfloat16
@@ -492,11 +295,12 @@ class GraphSampler:
         self.model, self.check_weights = model, bool(check_weights)
         # kernels / attention are plain attributes a user may switch between samplers: part of the key.
         backend = (getattr(net, "kernels", None), getattr(net, "attention", None))
-        self.key = (batch_size, steps, cfg_scales, dtype, shape, param.device, seeded, use_cache, labels_key, backend)
+        # The plan's objective and schedule too: the same steps sample differently for another objective.
+        self.key = (batch_size, steps, plan.scales, dtype, shape, param.device, seeded, use_cache, labels_key, backend,
+                    plan.objective, plan.rule, plan.schedule)
 
         def make(graphs):
-            entry = _Captured(net, batch_size, steps, cfg_scales, dtype, shape, param.device, bool(seeded),
-                              use_cache, labels_key)
+            entry = _Captured(net, batch_size, plan, dtype, shape, param.device, bool(seeded), use_cache, labels_key)
             entry.allocate(net)
             entry.capture(model, graphs.pool_for(param.device))
             return entry
@@ -536,18 +340,23 @@ class GraphSampler:
     seeded = property(lambda self: self._entry.seeded)
     graphed = property(lambda self: self._entry.graph is not None, doc="True when a CUDA graph replays")
     cond_cache = property(lambda self: self._entry.cache, doc="the ConditioningCache in use, or None")
+    objective = property(lambda self: self._entry.plan.objective, doc="the objective whose sampler was captured")
+    plan = property(lambda self: self._entry.plan, doc="the captured SamplingPlan")
 
     def __call__(self, noise=None, y=None, *, seed=None):
         e = self._entry
         if e.seeded:
             if noise is not None:
                 raise ValueError("this GraphSampler draws its own noise (seeded=True): call gs(seed=..., y=...)")
-            e.seed.fill_(_check_seed(seed))
+            e.seed.fill_(check_seed(seed))
         else:
-            if seed is not None:
-                raise ValueError("seed= needs GraphSampler(..., seeded=True); this one takes noise: gs(noise, y)")
+            if seed is not None and not e.renoises:
+                raise ValueError("seed= needs GraphSampler(..., seeded=True) (or a consistency-training model, "
+                                 "whose re-noising it seeds); this one takes noise: gs(noise, y)")
             self._check_noise(noise)
             e.noise.copy_(noise)
+            if e.renoises:
+                e.seed.fill_(check_seed(0 if seed is None else seed))
         self._copy_labels(y)
         if self.check_weights:
             self._check_weights()
@@ -588,7 +397,7 @@ class GraphSampler:
 
     def _check_weights(self):
         e = self._entry
-        net = _unwrap(self.model)
+        net = unwrap(self.model)
         if e.relist:
             current = _weights(net)
             if len(current) != len(e.tensors) or any(a is not b for a, b in zip(current, e.tensors)):
@@ -607,13 +416,16 @@ class GraphSampler:
     def refresh(self):
         """Capture again against the model's current weights (after they were moved, cast or replaced)."""
         e = self._entry
-        net = _unwrap(self.model)
+        net = unwrap(self.model)
         param = _first_param(net)
         if param.device != e.device:
             raise ValueError(f"the model moved from {e.device} to {param.device}: build a new GraphSampler there")
         if e.dtype != param.dtype and param.dtype != torch.float32:
             raise ValueError(f"the model is now {param.dtype}, which cannot sample in the captured {e.dtype}: "
                              f"build a new GraphSampler")
+        if (objective_of(net), tuple(schedule_for(net, e.steps))) != (e.plan.objective, e.plan.schedule):
+            raise ValueError(f"the model now samples as a {objective_of(net)} model, not with the {e.plan.objective} "
+                             f"sampler this GraphSampler captured: build a new GraphSampler")
         e.release()
         e.relist = False
         e.allocate(net)
@@ -622,6 +434,7 @@ class GraphSampler:
 
     def __repr__(self):
         e = self._entry
-        return (f"GraphSampler(batch_size={e.batch_size}, steps={e.steps}, cfg_scale={self.cfg_scale}, "
+        return (f"GraphSampler(batch_size={e.batch_size}, steps={e.steps}, objective={e.plan.objective!r}, "
+                f"cfg_scale={self.cfg_scale}, "
                 f"dtype={e.dtype}, device={e.device}, seeded={e.seeded}, cond_cache={e.cache is not None}, "
                 f"graphed={self.graphed})")

@@ -8,9 +8,10 @@
 
     shortcut export --ckpt runs/in256/checkpoint.pt --out dit-b2-in256
 
-config.json holds the network's config (ModelConfig for ShortcutDiT, ignore_k included), the guidance record
-(whether and with which scale guidance was distilled, where the null label was trained: `shortcut.sample`
-reads it), the data description (shape, classes, and for latent models the VAE and its scale factor, so
+config.json holds the network's config (ModelConfig for ShortcutDiT, ignore_k included), the training
+objective (`objective`: which sampler `shortcut.sample` uses; null for a bare model that never recorded one),
+the guidance record (whether and with which scale guidance was distilled, where the null label was trained:
+`shortcut.sample` reads it), the data description (shape, classes, and for latent models the VAE and its scale factor, so
 samples can be decoded) and, when saved from a checkpoint, the TrainConfig and step for reference.
 Weights are in the DiT key layout.
 """
@@ -57,7 +58,7 @@ def save_pretrained(source, directory, weights=None, data_info=None):
     bad = [w for w in weights if w not in WEIGHT_FILES]
     if not weights or bad:
         raise ValueError(f"weights must be a non-empty subset of {tuple(WEIGHT_FILES)}, got {weights!r}")
-    extra = {}
+    extra, objective = {}, None
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
     if isinstance(source, dict):
@@ -65,6 +66,7 @@ def save_pretrained(source, directory, weights=None, data_info=None):
         model = checkpoint_model(source)
         states = {"ema": source["ema"], "live": source["model"]}
         extra = {"train_config": source["config"], "step": source["step"]}
+        objective = checkpoint_objective(source)
     elif isinstance(source, TrainResult):
         model, info = source.ema, data_info or _default_info(source.ema)
         states = {"ema": source.ema.state_dict(), "live": source.model.state_dict()}
@@ -80,7 +82,17 @@ def save_pretrained(source, directory, weights=None, data_info=None):
         raise TypeError(f"save_pretrained takes a checkpoint path or dict, a TrainResult or a model, "
                         f"got {type(source).__name__}")
     states = {w: states[w] for w in weights}
-    return write_pretrained(directory, model, states, info, {"guidance": getattr(model, "guidance", None), **extra})
+    objective = objective or getattr(model, "objective", None)
+    return write_pretrained(directory, model, states, info,
+                            {"objective": objective, "guidance": getattr(model, "guidance", None), **extra})
+
+
+def checkpoint_objective(ckpt):
+    """The objective a checkpoint dict records: its "objective" key, or (older checkpoints) its TrainConfig's."""
+    if ckpt.get("objective"):
+        return ckpt["objective"]
+    objective = (ckpt.get("config") or {}).get("objective")
+    return objective.get("objective") if isinstance(objective, dict) else None
 
 
 def write_pretrained(directory, model, states, data_info, extra=None):
@@ -134,6 +146,7 @@ def from_pretrained(directory, weights="ema", kernels="auto", device="cpu"):
     except ValueError as e:
         raise ValueError(f"{directory!r}: {e}") from e
     model.guidance = config.get("guidance")   # None for folders written before it was recorded
+    model.objective = config.get("objective")   # None likewise: sampled as before (shortcut, or flow if ignore_k)
     path = os.path.join(directory, config["weights"][weights])
     state = load_file(path)
     try:

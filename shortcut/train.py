@@ -163,6 +163,8 @@ def _train(cfg, env):
         start, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
         source = ckpt.get("source", source)
         load_training_state(ckpt, raw, ema, opt, fsdp, shadow)
+        for group in opt.param_groups:   # the optimizer's state, this run's settings (`--resume --lr 1e-5`)
+            group.update(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         gens = resume_generators(ckpt, cfg, shards, S, env)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:

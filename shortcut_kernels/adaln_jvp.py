@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 
 from ._forward_ad import check_dual, no_grad_tangent
-from ._triton import triton_available
-from .adaln import _adaln_modulate_bwd, _adaln_modulate_fwd, _gated_adaln_bwd, _gated_adaln_fwd
+from ._triton import launch, triton_available
+from .adaln import _adaln_modulate_bwd, _adaln_modulate_fwd, _block_and_warps, _gated_adaln_bwd, _gated_adaln_fwd
 
 if triton_available():
     import triton
@@ -63,14 +63,13 @@ def _adaln_tangent(xn, tx, branch, tbranch, gate, tgate, scale, tscale, tshift, 
     th = torch.empty(xn.shape, dtype=h_dtype, device=xn.device)
     tx2 = torch.empty(xn.shape, dtype=x2_dtype, device=xn.device) if residual else None
     if B * T:
-        block = triton.next_power_of_2(D)
-        warps = 8 if block >= 2048 else 4 if block >= 512 else 2   # the forward's rule
-        g, tg = (gate, tgate) if residual else (scale, tscale)      # unused stand-ins without the residual
-        _adaln_jvp_kernel[(B * T,)](
-            xn, tx, branch if residual else tx, tbranch.contiguous() if residual else tx, g, tg,
-            scale, tscale, tshift, mean, rstd, tx2 if residual else th, th,
-            T, D, *g.stride(), *tg.stride(), *scale.stride(), *tscale.stride(), *tshift.stride(),
-            HAS_RESIDUAL=residual, BLOCK_D=block, num_warps=warps)
+        block, warps = _block_and_warps(D)                      # the forward's tile: one row per program
+        g, tg = (gate, tgate) if residual else (scale, tscale)  # unused stand-ins without the residual
+        launch(_adaln_jvp_kernel, (B * T,), xn.device,
+               xn, tx, branch if residual else tx, tbranch.contiguous() if residual else tx, g, tg,
+               scale, tscale, tshift, mean, rstd, tx2 if residual else th, th,
+               T, D, *g.stride(), *tg.stride(), *scale.stride(), *tscale.stride(), *tshift.stride(),
+               HAS_RESIDUAL=residual, BLOCK_D=block, num_warps=warps)
     return tx2, th
 
 

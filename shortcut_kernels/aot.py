@@ -109,6 +109,52 @@ def _attention_workloads():
                         q, q, q, q, o, lse, sc, q, q, q)
 
 
+def _adaln_jvp_workloads():
+    """The adaLN tangent launcher (forward-mode AD), with and without the residual. One program per row: B does
+    not change the compile, so one batch size."""
+    from . import adaln, adaln_jvp
+    dtypes = [("bf16", torch.bfloat16, torch.bfloat16, None), ("fp16", torch.float16, torch.float16, None),
+              ("fp32", torch.float32, torch.float32, None),
+              ("autocast", torch.float32, torch.bfloat16, torch.bfloat16)]
+    widths = [(preset, s["D"]) for preset, s in SHAPES.items()] + [("DiT-S/2", 384), ("max D", adaln.MAX_D)]
+    B = BATCHES[0]
+    for preset, D in widths:
+        for name, xd, md, out in dtypes:
+            label = dict(shape=f"{preset} B{B}", dtype=name)
+            x, branch = _meta((B, T_TOKENS, D), xd), _meta((B, T_TOKENS, D), md)
+            _, _, gate, shift, scale, _ = _meta((B, 6 * D), md).chunk(6, dim=1)
+            rows = _meta((B * T_TOKENS,), torch.float32)
+            x2_dtype = torch.promote_types(xd, md)
+            x2 = _meta((B, T_TOKENS, D), x2_dtype)
+            yield label, lambda x=x, s=shift, c=scale, r=rows, h=out or xd: adaln_jvp._adaln_tangent(
+                x, x, None, None, None, None, c, c, s, r, r, None, h)
+            yield label, lambda x2=x2, b=branch, g=gate, s=shift, c=scale, r=rows, d=x2_dtype, h=out or x2_dtype: (
+                adaln_jvp._adaln_tangent(x2, x2, b, b, g, g, c, c, s, r, r, d, h))
+
+
+def _attention_jvp_workloads():
+    """The attention JVP launcher in both modes: one pass (o, t_o, lse; attention_jvp) and the tangent given o
+    and lse (the JVP rule of attention under torch.func.jvp)."""
+    attention = importlib.import_module("shortcut_kernels.attention")
+    attention_jvp = importlib.import_module("shortcut_kernels.attention_jvp")
+    B = BATCHES[0]   # the kernel takes B only as the grid and the BH bucket (not specialised on)
+    for preset, s in SHAPES.items():
+        H, Dh = s["H"], s["head_dim"]
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+            label = dict(shape=f"{preset} B{B}", dtype=name)
+            scale = Dh ** -0.5
+            lse = _meta((B, H, T_TOKENS), torch.float32)
+            # The model's layout (q, k, v and tangents read in place from (B, T, 3, H, Dh), o and t_o (B, T, H,
+            # Dh) memory) for every dtype; contiguous (B, H, T, Dh) operands for bf16, as for the forward.
+            packed = attention._unpack(_meta((B, T_TOKENS, 3, H, Dh), dtype))
+            o = _meta((B, T_TOKENS, H, Dh), dtype).transpose(1, 2)
+            layouts = [packed] + ([[_meta((B, H, T_TOKENS, Dh), dtype)] * 3] if name == "bf16" else [])
+            for operands in layouts:
+                for primal_known in (False, True):
+                    yield label, lambda p=operands, o=o, lse=lse, sc=scale, pk=primal_known: attention_jvp._jvp(
+                        *p, *p, o, o, lse, sc, pk)
+
+
 def _conditioning_workloads():
     from . import conditioning
     # (name, weight dtype, compute dtype): fp32 weights compute in bf16 under autocast (training) or in fp32
@@ -137,7 +183,9 @@ def _conditioning_workloads():
 def workloads():
     """Every (label, thunk): calling a thunk inside `_triton.recording` records the launches it makes."""
     yield from _adaln_workloads()
+    yield from _adaln_jvp_workloads()
     yield from _attention_workloads()
+    yield from _attention_jvp_workloads()
     yield from _conditioning_workloads()
 
 
@@ -166,6 +214,14 @@ def _variants(kernel, kwargs):
             yield kernel.fn, {**kwargs, **config.all_kwargs()}
     else:
         yield kernel, kwargs
+
+
+# Constexprs that select a kernel's mode: (name when false, name when true), shown beside the kernel's name.
+MODES = {"PRIMAL_KNOWN": ("one pass", "tangent")}
+
+
+def _mode(kwargs):
+    return next((names[bool(kwargs[k])] for k, names in MODES.items() if k in kwargs), None)
 
 
 def _config_label(kwargs):
@@ -206,9 +262,9 @@ def collect(archs=ARCHS):
                     stand_ins = [_stand_in(a) for a in args]
                     sig, constexprs, attrs, options = _bind(fn, stand_ins, kw, target)
                     key = (arch, _key(fn, sig, constexprs, attrs, options))
-                    job = jobs.setdefault(key, dict(arch=arch, kernel=fn.__name__, fn=fn, signature=sig,
-                                                    constexprs=constexprs, attrs=attrs, options=options,
-                                                    config=_config_label(kw), labels=[]))
+                    job = jobs.setdefault(key, dict(arch=arch, kernel=fn.__name__, mode=_mode(kw), fn=fn,
+                                                    signature=sig, constexprs=constexprs, attrs=attrs,
+                                                    options=options, config=_config_label(kw), labels=[]))
                     if label not in job["labels"]:
                         job["labels"].append(label)
     return jobs
@@ -234,7 +290,7 @@ def compile_job(job):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    row = {k: job[k] for k in ("arch", "kernel", "config", "labels")}
+    row = {k: job[k] for k in ("arch", "kernel", "mode", "config", "labels")}
     start = time.perf_counter()
     log = io.StringIO()
     try:
@@ -309,12 +365,17 @@ def _range(values):
     return "-" if not values else str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
+def kernel_name(row):
+    """The kernel's name, with its mode where one kernel has several (`MODES`)."""
+    return f"{row['kernel']} ({row['mode']})" if row.get("mode") else row["kernel"]
+
+
 def summary(rows):
     """{(kernel, arch, dtype): dict(configs, compiles, registers, spills, shared, float64)} over the rows."""
     groups = collections.defaultdict(list)
     for row in rows:
         for dtype in {label["dtype"] for label in row["labels"]}:
-            groups[row["kernel"], row["arch"], dtype].append(row)
+            groups[kernel_name(row), row["arch"], dtype].append(row)
     out = {}
     for key, group in groups.items():
         ok = [r for r in group if not r["error"]]
@@ -347,8 +408,8 @@ def table(results):
 
 
 def problem_lines(rows):
-    return [f"{r['kernel']} sm_{r['arch']} {r['config']} ({r['labels'][0]['shape']}, {r['labels'][0]['dtype']}): {p}"
-            for r in rows for p in problems(r)]
+    return [f"{kernel_name(r)} sm_{r['arch']} {r['config']} ({r['labels'][0]['shape']}, "
+            f"{r['labels'][0]['dtype']}): {p}" for r in rows for p in problems(r)]
 
 
 def run_in_subprocess(archs=ARCHS, workers=None, timeout=900):

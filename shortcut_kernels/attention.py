@@ -64,7 +64,7 @@ def attention_ref(q, k, v, scale=None, upcast=True):
 
 if _HAS_TRITON:
     from .attention_kernels import (_attn_bwd_delta_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel,
-                                    _attn_fwd_kernel)
+                                    _attn_fwd_kernel, _attn_jvp_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,6 +112,18 @@ CONFIGS = {
     # sm_80 pruned 64×32 with 4 warps: it spills at head_dim 72.
     ("dq", 80, 16): ((64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 2), (128, 64, 8, 3)),
     **{(kernel, arch, 32): fp32 for kernel, fp32 in _FP32.items() for arch in (90, 80)},
+    # The JVP kernel (attention_kernels._attn_jvp_kernel): "jvp" its one pass (o, t_o and lse; two fp32
+    # accumulators, and q and tq held across the key loop), "tangent" t_o given the forward's o and lse. Each
+    # entry spills nothing at every head_dim 16-128 (T 256, bf16 and fp16, triton 3.6 and 3.9): the one pass
+    # needs small tiles, more so on sm_80 (every 64-row tile spilled there at head_dim 88 or 120). fp32 runs
+    # the one pass as forward + tangent (attention_jvp._jvp); its tangent pass takes 16×16 tiles with 8 warps
+    # (16×32, and 4 warps, spilled at head_dim 104-128). The sweep is in bench/README.md.
+    ("jvp", 90, 16): ((128, 32, 8, 2), (64, 32, 8, 2), (64, 32, 4, 3), (32, 16, 4, 2)),
+    ("jvp", 80, 16): ((32, 16, 4, 2), (16, 32, 4, 2), (16, 16, 2, 2)),
+    ("tangent", 90, 16): ((128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 3), (32, 32, 8, 2)),
+    ("tangent", 80, 16): ((64, 32, 8, 2), (64, 32, 8, 3), (32, 32, 8, 2), (32, 32, 4, 2)),
+    ("tangent", 90, 32): ((16, 16, 8, 2),),
+    ("tangent", 80, 32): ((16, 16, 8, 2), (16, 16, 8, 1)),
 }
 # The interpreter cannot autotune over several configs (SPEC §3): one, for every kernel.
 INTERPRETER_CONFIG = (32, 32, 4, 1)
@@ -119,7 +131,8 @@ DELTA_BLOCK_M = 64
 
 
 def configs(kernel, arch, dtype):
-    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ("fwd", "dkdv", "dq") on a GPU of
+    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ("fwd", "dkdv", "dq"; "jvp",
+    "tangent": the JVP kernel's modes) on a GPU of
     compute capability `arch` (10·major + minor; None: the interpreter) for operands of `dtype`."""
     if arch is None:
         return (INTERPRETER_CONFIG,)
@@ -131,7 +144,8 @@ def _tuned(kernel, arch, dtype):
     """The autotuned launcher of `kernel` over configs(kernel, arch, dtype); one tuning per key: T, the head
     tiling, B·H rounded up to a power of two (`_bh_bucket`; the kernels take it as BH and do not read it)
     and the operands' dtype."""
-    fn = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}[kernel]
+    fn = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel,
+          "jvp": _attn_jvp_kernel, "tangent": _attn_jvp_kernel}[kernel]
     candidates = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                   for bm, bn, w, s in configs(kernel, arch, dtype)]
     return triton.autotune(configs=candidates, key=["T", "HEAD_DIM", "D0", "BH"])(fn)

@@ -16,27 +16,26 @@ FLOPs, in tile matmuls of (BLOCK_M × BLOCK_N × head_dim) per key tile (element
     forward kernel:                 Q·Kᵀ, P·V                                      2
     one-pass JVP (attention_jvp):   Q·Kᵀ, tQ·Kᵀ, Q·tKᵀ, P·V, P·tV, (P⊙tS)·V        6  = 3.0× the forward
     tangent given O and LSE:        the same without P·V (P = exp2(S − LSE))        5  = 2.5× the forward
+    (fp32 operands: attention_jvp runs the forward kernel, then the tangent pass: 7; see `_jvp`.)
 The JVP rule of `attention` (what torch.func.jvp runs) is the forward kernel then the tangent pass,
 2 + 5 = 7 = 3.5× the forward: autograd calls `forward` before `jvp` and cannot hand it the tangents,
 so one fused pass would redo Q·Kᵀ and P·V (8). torch.func.jvp through SDPA's math path does the same
 6 matmuls as the one-pass kernel, plus T × T scores, probabilities and their tangents in memory.
 
-Layout: references -> Triton kernel -> launcher -> custom ops -> autograd.Functions (the JVP rules the
-public `attention` / `attention_qkvpacked` use under forward AD) -> public functions.
+Layout: reference -> launcher -> custom ops -> autograd.Functions (the JVP rules the public `attention` /
+`attention_qkvpacked` use under forward AD) -> public functions. The Triton kernel (`_attn_jvp_kernel`) is in
+attention_kernels.py; its launch configurations, per mode and GPU architecture, in attention.CONFIGS.
 """
 import torch
 
 from ._forward_ad import check_dual, no_grad_tangent
-from ._triton import interpreting, triton_available
-from .attention import (LOG2E, _attention_bwd_op, _attention_fwd_op, _attention_qkvpacked_bwd_op,
-                        _attention_qkvpacked_fwd_op, _check_qkv, _check_qkvpacked, _dot_precision, _head_blocks,
-                        _unpack, attention_ref)
+from ._triton import launch, triton_available
+from .attention import (LOG2E, _arch, _attention_bwd_op, _attention_fwd_op, _attention_qkvpacked_bwd_op,
+                        _attention_qkvpacked_fwd_op, _bh_bucket, _check_qkv, _check_qkvpacked, _dot_precision,
+                        _forward, _head_blocks, _tuned, _unpack, _width, attention_ref)
 
 if triton_available():
     import triton
-    import triton.language as tl
-
-    from .attention_kernels import _head_offset, _load_tile, _store_tile
 
 
 def attention_jvp_ref(q, k, v, tq, tk, tv, scale=None, upcast=True):
@@ -49,150 +48,36 @@ def attention_jvp_ref(q, k, v, tq, tk, tv, scale=None, upcast=True):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Triton kernel: one program per (batch, head, tile of BLOCK_M queries), the grid and head-dim tiles of
-# attention.py's forward. PRIMAL_KNOWN = False: the one-pass JVP (online softmax; writes O, tO, LSE).
-# PRIMAL_KNOWN = True: O and LSE come from the forward kernel and P = exp2(S·log2e·scale − LSE) is exact
-# per tile (no rescaling, no P·V); writes tO only.
-# ----------------------------------------------------------------------------------------------------
-if triton_available():
-
-    def _jvp_configs():
-        if interpreting():   # the interpreter cannot autotune over several configs (SPEC §3)
-            return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-        # Two (BLOCK_M, Dh) fp32 accumulators (O and tO) and the q, tq tiles live in registers. Compiled for
-        # sm_90 in bf16 (ptxas via triton 3.9 on CPU, untimed): at head_dim 64 and 72 none of these spills in
-        # the tangent pass; in the one-pass mode (64, 64, 4) and (128, 64, 8) spill 4-8 B at 72. (32, 64, 4)
-        # spilled 160 B at 72 and was dropped. At 128 the one-pass mode spills 8-132 B in every config.
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in ((64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 4, 3),
-                                     (128, 64, 8, 2))]
-
-    @triton.autotune(configs=_jvp_configs(), key=["T", "HEAD_DIM", "D0", "BH", "PRIMAL_KNOWN"])
-    @triton.jit
-    def _attn_jvp_kernel(
-        Q, K, V, TQ, TK, TV, O, TO, LSE,
-        sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-        stq_b, stq_h, stq_t, stq_d, stk_b, stk_h, stk_t, stk_d, stv_b, stv_h, stv_t, stv_d,
-        so_b, so_h, so_t, so_d, sto_b, sto_h, sto_t, sto_d,
-        H, T, BH, scale, qk_scale,
-        HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, PRIMAL_KNOWN: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(T, BLOCK_M)
-        bh, pid_m = pid // num_m, pid % num_m
-        b, h = bh // H, bh % H
-        q_base = _head_offset(Q, b, h, sq_b, sq_h)
-        k_base = _head_offset(K, b, h, sk_b, sk_h)
-        v_base = _head_offset(V, b, h, sv_b, sv_h)
-        tq_base = _head_offset(TQ, b, h, stq_b, stq_h)
-        tk_base = _head_offset(TK, b, h, stk_b, stk_h)
-        tv_base = _head_offset(TV, b, h, stv_b, stv_h)
-        o_base = _head_offset(O, b, h, so_b, so_h)
-        to_base = _head_offset(TO, b, h, sto_b, sto_h)
-        lse_ptr = LSE + bh.to(tl.int64) * T
-
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < T
-        q0 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, 0, D0, HEAD_DIM)             # (BM, D0)
-        tq0 = _load_tile(tq_base, offs_m, stq_t, stq_d, mask_m, 0, D0, HEAD_DIM)
-        acc_t0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)                               # Σ p·tv + (p·ts)·v
-        if D1 > 0:
-            q1 = _load_tile(q_base, offs_m, sq_t, sq_d, mask_m, D0, D1, HEAD_DIM)        # (BM, D1)
-            tq1 = _load_tile(tq_base, offs_m, stq_t, stq_d, mask_m, D0, D1, HEAD_DIM)
-            acc_t1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
-        r_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                                     # Σ p·ts
-        if PRIMAL_KNOWN:
-            lse2 = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)
-        else:
-            acc_o0 = tl.zeros((BLOCK_M, D0), dtype=tl.float32)                           # Σ p·v
-            if D1 > 0:
-                acc_o1 = tl.zeros((BLOCK_M, D1), dtype=tl.float32)
-            m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
-        for start_n in range(0, T, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < T
-            k0 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, 0, D0, HEAD_DIM)         # (BN, D0)
-            tk0 = _load_tile(tk_base, offs_n, stk_t, stk_d, mask_n, 0, D0, HEAD_DIM)
-            s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                  # (BM, BN)
-            ts = tl.dot(tq0, tl.trans(k0), input_precision=DOT_PRECISION)
-            ts += tl.dot(q0, tl.trans(tk0), input_precision=DOT_PRECISION)
-            if D1 > 0:
-                k1 = _load_tile(k_base, offs_n, sk_t, sk_d, mask_n, D0, D1, HEAD_DIM)
-                tk1 = _load_tile(tk_base, offs_n, stk_t, stk_d, mask_n, D0, D1, HEAD_DIM)
-                s += tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
-                ts += tl.dot(tq1, tl.trans(k1), input_precision=DOT_PRECISION)
-                ts += tl.dot(q1, tl.trans(tk1), input_precision=DOT_PRECISION)
-            if PRIMAL_KNOWN:
-                # Padded keys read k = 0: exp2(0 − LSE) overflows once every real score is below −128 (base 2).
-                p = tl.exp2(tl.where(mask_n[None, :], s * qk_scale - lse2[:, None], float("-inf")))
-            else:
-                s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp2(s - m_new[:, None])
-                alpha = tl.exp2(m_i - m_new)                                             # rescales old sums
-                l_i = l_i * alpha + tl.sum(p, 1)
-                r_i = r_i * alpha
-                acc_t0 = acc_t0 * alpha[:, None]
-                acc_o0 = acc_o0 * alpha[:, None]
-                if D1 > 0:
-                    acc_t1 = acc_t1 * alpha[:, None]
-                    acc_o1 = acc_o1 * alpha[:, None]
-                m_i = m_new
-            pts = p * (ts * scale)                                                        # P⊙tS, (BM, BN)
-            r_i += tl.sum(pts, 1)
-            v0 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, 0, D0, HEAD_DIM)         # (BN, D0)
-            tv0 = _load_tile(tv_base, offs_n, stv_t, stv_d, mask_n, 0, D0, HEAD_DIM)
-            acc_t0 += tl.dot(p.to(tv0.dtype), tv0, input_precision=DOT_PRECISION)
-            acc_t0 += tl.dot(pts.to(v0.dtype), v0, input_precision=DOT_PRECISION)
-            if not PRIMAL_KNOWN:
-                acc_o0 += tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PRECISION)
-            if D1 > 0:
-                v1 = _load_tile(v_base, offs_n, sv_t, sv_d, mask_n, D0, D1, HEAD_DIM)
-                tv1 = _load_tile(tv_base, offs_n, stv_t, stv_d, mask_n, D0, D1, HEAD_DIM)
-                acc_t1 += tl.dot(p.to(tv1.dtype), tv1, input_precision=DOT_PRECISION)
-                acc_t1 += tl.dot(pts.to(v1.dtype), v1, input_precision=DOT_PRECISION)
-                if not PRIMAL_KNOWN:
-                    acc_o1 += tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PRECISION)
-
-        # tO = acc_t − r·O, both sums normalised by l (PRIMAL_KNOWN: already, P was exact).
-        if PRIMAL_KNOWN:
-            o0 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM).to(tl.float32)
-            _store_tile(to_base, acc_t0 - r_i[:, None] * o0, offs_m, sto_t, sto_d, mask_m, 0, D0, HEAD_DIM)
-            if D1 > 0:
-                o1 = _load_tile(o_base, offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM).to(tl.float32)
-                _store_tile(to_base, acc_t1 - r_i[:, None] * o1, offs_m, sto_t, sto_d, mask_m, D0, D1, HEAD_DIM)
-        else:
-            inv_l = 1.0 / l_i
-            r_i = r_i * inv_l
-            o0 = acc_o0 * inv_l[:, None]
-            _store_tile(o_base, o0, offs_m, so_t, so_d, mask_m, 0, D0, HEAD_DIM)
-            _store_tile(to_base, acc_t0 * inv_l[:, None] - r_i[:, None] * o0, offs_m, sto_t, sto_d, mask_m,
-                        0, D0, HEAD_DIM)
-            if D1 > 0:
-                o1 = acc_o1 * inv_l[:, None]
-                _store_tile(o_base, o1, offs_m, so_t, so_d, mask_m, D0, D1, HEAD_DIM)
-                _store_tile(to_base, acc_t1 * inv_l[:, None] - r_i[:, None] * o1, offs_m, sto_t, sto_d, mask_m,
-                            D0, D1, HEAD_DIM)
-            tl.store(lse_ptr + offs_m, m_i + tl.log2(l_i), mask=mask_m)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Launcher: every operand a (B, H, T, Dh)-indexed view with arbitrary strides; lse contiguous fp32 (B, H, T).
 # ----------------------------------------------------------------------------------------------------
+def _alignment(operands):
+    """16 bytes in elements (8 for 16-bit operands, 4 for fp32) when every batch, head and token stride of every
+    operand is a multiple of it, else 1: the kernel's ALIGN. Element strides only; whether the data pointers are
+    16-byte aligned Triton checks itself at each launch."""
+    align = 16 // operands[0].element_size()
+    ok = all(s % align == 0 for x in operands for s in x.stride()[:3])
+    return align if ok else 1
+
+
 def _jvp(q, k, v, tq, tk, tv, o, t_o, lse, scale, primal_known):
+    """t_o (and, unless primal_known, o and lse) of attention along (tq, tk, tv)."""
     B, H, T, Dh = q.shape
     if not q.numel():
         return
+    if not primal_known and q.dtype == torch.float32:
+        # fp32 takes the forward kernel, then the tangent pass (7 tile matmuls instead of 6). Its dots are IEEE
+        # FMA loops (no tensor cores), whose registers grow with the head dim: ahead-of-time compiles found no
+        # one-pass fp32 config that spills nothing at head_dim 104-128 (sm_80 and sm_90), and on sm_90 the
+        # smallest tiles crash LLVM's SLP vectorizer in triton 3.9 (an assertion, at head_dim 72 among others).
+        _forward(q, k, v, o, lse, scale)
+        primal_known = True
     d0, d1 = _head_blocks(Dh)
+    operands = (q, k, v, tq, tk, tv, o, t_o)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)   # noqa: E731
-    _attn_jvp_kernel[grid](
-        q, k, v, tq, tk, tv, o, t_o, lse,
-        *q.stride(), *k.stride(), *v.stride(), *tq.stride(), *tk.stride(), *tv.stride(), *o.stride(), *t_o.stride(),
-        H, T, B * H, scale, scale * LOG2E,
-        HEAD_DIM=Dh, D0=d0, D1=d1, PRIMAL_KNOWN=primal_known, DOT_PRECISION=_dot_precision(q.dtype))
+    launch(_tuned("tangent" if primal_known else "jvp", _arch(q), _width(q.dtype)), grid, q.device,
+           *operands, lse, *(s for x in operands for s in x.stride()), H, T, _bh_bucket(B * H), scale, scale * LOG2E,
+           HEAD_DIM=Dh, D0=d0, D1=d1, PRIMAL_KNOWN=primal_known, DOT_PRECISION=_dot_precision(q.dtype),
+           ALIGN=_alignment(operands))
 
 
 def _bhtd_like_o(q):

@@ -1,7 +1,8 @@
 """Every Triton kernel, at every configuration its launcher or autotuner can pick, compiled ahead of time for
 sm_90 (H100/H200) and sm_80 (A100) without a GPU (shortcut_kernels.aot): it compiles, spills no register,
 fits in the per-block shared memory, and runs float64 only where that is meant. DiT-B/2 and DiT-XL/2 shapes
-(head_dim 64 and 72, D 768 and 1152, T 256), fp16 / bf16 / fp32 / autocast mixes, forward and backward.
+(head_dim 64 and 72, D 768 and 1152, T 256), fp16 / bf16 / fp32 / autocast mixes, forward, backward and the
+forward-mode AD (JVP) kernels.
 
 The compile runs in a subprocess (this process runs Triton's interpreter): ~90 s on 2 cores with triton
 3.9, ~65 s with 3.6. A failing configuration is pruned from its launcher's list, not skipped here.
@@ -16,9 +17,9 @@ pytest.importorskip("triton")
 
 from shortcut_kernels import _triton, aot  # noqa: E402
 
-KERNELS = {"_adaln_fwd_kernel", "_adaln_bwd_kernel", "_attn_fwd_kernel", "_attn_bwd_delta_kernel",
-           "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_timestep_features_kernel", "_embed_hidden_kernel",
-           "_embed_sum_kernel"}
+KERNELS = {"_adaln_fwd_kernel", "_adaln_bwd_kernel", "_adaln_jvp_kernel", "_attn_fwd_kernel",
+           "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel", "_attn_jvp_kernel",
+           "_timestep_features_kernel", "_embed_hidden_kernel", "_embed_sum_kernel"}
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,11 @@ def test_every_kernel_and_config_was_compiled(rows):
     dtypes = {(r["kernel"], label["dtype"]) for r in rows for label in r["labels"]}
     for kernel in KERNELS - {"_timestep_features_kernel"}:
         assert {(kernel, d) for d in ("bf16", "fp16", "fp32")} <= dtypes, kernel
-    names = {"fwd": "_attn_fwd_kernel", "dkdv": "_attn_bwd_dkdv_kernel", "dq": "_attn_bwd_dq_kernel"}
+    names = {"fwd": "_attn_fwd_kernel", "dkdv": "_attn_bwd_dkdv_kernel", "dq": "_attn_bwd_dq_kernel",
+             "jvp": "_attn_jvp_kernel (one pass)", "tangent": "_attn_jvp_kernel (tangent)"}
     for (kernel, arch, width), candidates in attention.CONFIGS.items():
-        compiled = {r["config"] for r in rows if r["kernel"] == names[kernel] and r["arch"] == arch
-                    and any((label["dtype"] == "fp32") == (width == 32) for label in r["labels"])}
+        compiled = {r["config"] for r in rows for label in r["labels"] if aot.kernel_name(r) == names[kernel]
+                    and r["arch"] == arch and (label["dtype"] == "fp32") == (width == 32)}
         for bm, bn, w, s in candidates:
             assert f"M{bm}×N{bn} w{w} s{s}" in compiled, (kernel, arch, width, (bm, bn, w, s))
 

@@ -250,6 +250,7 @@ def test_folder_contents(converted):
     assert config["step"] == 1000
     # The official class-conditional recipe distils w = 1.5 below 128 steps; its null label lives at level 7.
     assert config["guidance"] == {"distilled": True, "scale": 1.5, "null_levels": [7]}
+    assert config["objective"] == "shortcut" and from_pretrained(converted).objective == "shortcut"
     assert not any(m.split(".")[0] in ("flax", "jax", "optax", "ml_collections") for m in sys.modules)
 
 

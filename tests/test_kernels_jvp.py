@@ -7,6 +7,7 @@ Accuracy rule (STYLE habit 2) for outputs and tangents: |kernel − ref| ≤ 2·
 ref in fp64 (fp32 for fp16/bf16 attention). Kernel tests run under strict_kernels (no quiet fallback).
 """
 import copy
+import importlib
 
 import pytest
 import torch
@@ -18,7 +19,11 @@ from shortcut_kernels import (adaln_modulate, adaln_modulate_ref, attention, att
                               attention_qkvpacked, attention_qkvpacked_jvp, attention_ref, embed_conditioning,
                               embed_conditioning_ref, gated_adaln, gated_adaln_ref, timestep_features,
                               timestep_features_ref)
+from shortcut_kernels import _triton
 from shortcut_kernels.attention import _attention_fwd_op
+
+attention_mod = importlib.import_module("shortcut_kernels.attention")          # the package's `attention` is
+attention_jvp_mod = importlib.import_module("shortcut_kernels.attention_jvp")  # the function, so by name
 
 REF_DTYPE = {torch.float32: torch.float64, torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
@@ -134,6 +139,52 @@ def test_attention_jvp_strided_views(gen, device, strict_kernels):
     o_r, t_r = attention_jvp_ref(*(x.double() for x in views), upcast=False)
     assert_close_rel(o, o_r, o_s, "o")
     assert_close_rel(t_o, t_r, t_s, "t_o")
+
+
+def test_attention_jvp_strides_not_16_byte_multiples(gen, device, strict_kernels):
+    """The kernel treats strides as multiples of 16 bytes (ALIGN) only when every one is: fp16 views of a
+    buffer with 76-element rows (token stride 76, not a multiple of 8) take ALIGN = 1, and are read right;
+    the model's packed qkv at head_dim 72 (head stride 72) takes 8, fp32 4."""
+    B, H, T, Dh = 1, 2, 33, 72
+    bufs = [_randn((B, H, T, Dh + 4), gen, device, torch.float16) for _ in range(6)]
+    views = [x[..., :Dh] for x in bufs]
+    assert attention_jvp_mod._alignment(views) == 1
+    packed = attention_mod._unpack(torch.empty(B, T, 3, H, Dh, device=device, dtype=torch.float16))
+    o = torch.empty(B, T, H, Dh, device=device, dtype=torch.float16).transpose(1, 2)
+    assert attention_jvp_mod._alignment([*packed, *packed, o, o]) == 8
+    assert attention_jvp_mod._alignment([x.float() for x in (*packed, o)]) == 4
+    o, t_o = attention_jvp(*views)
+    o_s, t_s = attention_jvp_ref(*views, upcast=False)
+    o_r, t_r = attention_jvp_ref(*(x.float() for x in views), upcast=False)
+    assert_close_rel(o, o_r, o_s, "o")
+    assert_close_rel(t_o, t_r, t_s, "t_o")
+    _check_jvp(attention, lambda q, k, v: attention_ref(q, k, v, upcast=False), views[:3], views[3:],
+               torch.float32, ["o"])
+
+
+def test_attention_jvp_launches_pick_the_list_of_the_device():
+    """What the JVP launcher hands to `launch` on an sm_80 and an sm_90 GPU (recorded, not run): the autotuner
+    of that architecture and mode, the B·H bucket as BH; fp32 one-pass: the forward kernel, then the tangent
+    pass."""
+    q = torch.empty(3, 5, 256, 72, device="meta", dtype=torch.bfloat16)
+    lse = torch.empty(3, 5, 256, device="meta")
+    tuned = attention_mod._tuned
+    for arch in (80, 90):
+        for primal_known, mode in ((False, "jvp"), (True, "tangent")):
+            with _triton.recording(arch) as launches:
+                attention_jvp_mod._jvp(q, q, q, q, q, q, q, q, lse, 0.1, primal_known)
+            [(kernel, args, kwargs)] = launches
+            assert kernel is tuned(mode, arch, torch.float16)
+            assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kernel.configs] \
+                == list(attention_mod.CONFIGS[mode, arch, 16])
+            assert args[-3] == 16, "BH = 15 rounded up"
+            assert kwargs["PRIMAL_KNOWN"] is primal_known and kwargs["ALIGN"] == 8
+        q32 = q.float()
+        with _triton.recording(arch) as launches:
+            attention_jvp_mod._jvp(q32, q32, q32, q32, q32, q32, q32, q32, lse, 0.1, False)
+        assert [kernel for kernel, _, _ in launches] == [tuned("fwd", arch, torch.float32),
+                                                         tuned("tangent", arch, torch.float32)]
+    assert attention_mod.CONFIGS["jvp", 80, 16] != attention_mod.CONFIGS["jvp", 90, 16]
 
 
 def test_attention_jvp_very_negative_scores(gen, device, strict_kernels):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shortcut import ObjectiveConfig, TrainConfig, train
-from shortcut.cli import build_parser, config_from_args
+from shortcut.cli import build_parser, train_config
 from shortcut.train import CHECKPOINT, METRICS, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +119,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
 
     threads = torch.get_num_threads()
     try:   # the uninterrupted reference, in this process, from the same command line
-        cfg = config_from_args(build_parser().parse_args([*args, "--out-dir", str(tmp_path / "whole")]))
+        cfg = train_config(build_parser().parse_args([*args, "--out-dir", str(tmp_path / "whole")]))
         whole = train(cfg)
     finally:
         torch.set_num_threads(threads)
@@ -131,3 +131,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
     rows = [json.loads(line) for line in open(out / METRICS)]
     assert [r["step"] for r in rows] == list(range(1, 401))
     assert [r["loss"] for r in rows] == [r["loss"] for r in whole.history]
+
+
+def test_resume_takes_this_runs_optimizer_settings(tmp_path):
+    """The optimizer state comes from the checkpoint, lr / betas / weight decay from the resuming run's config
+    (`--resume true --lr 0`: the weights stay as saved)."""
+    train(_cfg(tmp_path, steps=2))
+    saved = load_checkpoint(tmp_path / "run" / CHECKPOINT)["model"]
+    res = train(_cfg(tmp_path, steps=4, lr=0.0, resume=True))
+    assert all(torch.equal(v, saved[k]) for k, v in res.model.state_dict().items())
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["optimizer"]["param_groups"][0]["lr"] == 0.0
