@@ -1,6 +1,7 @@
 """The `shortcut` command: train, demo, eval, sample.
 
     shortcut demo                                  # digits: shortcut vs flow matching, table + PNG
+    shortcut compare [--quick]                     # digits: every method, same budget (the paper's Table 1)
     shortcut train --data digits --steps 2000 --bootstrap-fraction 0.25 --out-dir runs/digits
     shortcut train --objective flow --out-dir runs/flow                        # then a baseline from that teacher:
     shortcut train --objective progressive --teacher runs/flow/checkpoint.pt --out-dir runs/progressive
@@ -174,6 +175,24 @@ def build_parser():
     de.add_argument("--per-class", type=int, default=100, help="samples per class for evaluation")
     de.add_argument("--device", default="auto")
 
+    co = sub.add_parser("compare", help="digits: every method on the same network and budget, FD and accuracy "
+                        "at 1 … 128 steps (the paper's Table 1)", description="Train every method (shortcut, "
+                        "flow matching, the paper's baselines, MeanFlow, a shortcut model fine-tuned from the flow "
+                        "model) on the digits with the same network, batch and optimizer-step budget, and write "
+                        "compare.json and compare.md to --out-dir. About 50 minutes on 2 CPU cores.")
+    co.add_argument("--out-dir", default="runs/compare")
+    co.add_argument("--quick", action="store_true", help="the whole pipeline at a toy budget (about a minute)")
+    co.add_argument("--budget", type=int, default=None, help="optimizer steps per method (default 2000, quick 16)")
+    co.add_argument("--teacher-fraction", type=float, default=None,
+                    help="share of the budget the two-phase methods spend on the flow teacher (default 0.5)")
+    co.add_argument("--per-class", type=int, default=None, help="evaluation samples per class (default 100)")
+    co.add_argument("--sample-steps", type=int, nargs="+", default=None,
+                    help="sampling step counts (default 1 2 3 4 6 8 16 32 64 128)")
+    co.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                    help="a subset of: progressive consistency_distillation reflow flow consistency_training "
+                    "live_reflow shortcut meanflow shortcut_from_flow")
+    co.add_argument("--device", default="auto")
+
     ev = sub.add_parser("eval", help="evaluate checkpoints at several step counts (one column group each)")
     ev.add_argument("--ckpt", required=True, nargs="+")
     ev.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
@@ -241,6 +260,8 @@ def run(args):
         run_demo(out_dir=args.out_dir, steps=args.steps, per_class=args.per_class, device=args.device)
     elif args.command == "eval":
         eval_cmd(args)
+    elif args.command == "compare":
+        compare_cmd(args)
     elif args.command == "sample":
         sample_cmd(args)
     elif args.command == "encode":
@@ -288,6 +309,17 @@ def _resumed_config(out_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no checkpoint at {path} (pass the run's --out-dir)")
     return TrainConfig.from_dict({**load_checkpoint(path, mmap=True)["config"], "init_from": "", "resume": True})
+
+
+def compare_cmd(args):
+    """`shortcut compare`: settings from the defaults (or --quick's), flags over them."""
+    from .compare import METHOD_NAMES, CompareSettings, run_compare
+    settings = CompareSettings.quick() if args.quick else CompareSettings()
+    given = {"budget": args.budget, "teacher_fraction": args.teacher_fraction, "per_class": args.per_class,
+             "steps": tuple(args.sample_steps) if args.sample_steps else None}
+    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
+    run_compare(args.out_dir, settings, tuple(args.methods or METHOD_NAMES), device=args.device,
+                progress=not args.quick)
 
 
 def eval_cmd(args):

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .baselines import OBJECTIVES, copy_teacher, progressive_refresh_due, progressive_refresh_source, sample_objective
+from .baselines import OBJECTIVES, copy_teacher, progressive_refresh_due, progressive_refresh_source
 from .build import DATA_FIELDS, build_model, check_model_overrides, data_shape
 from .checkpoint import (CHECKPOINT, METRICS, _plain, _to_cpu, check_resumable, checkpoint_data_info, checkpoint_model,
                          full_state, load_checkpoint, load_matching, load_training_state, model_from_checkpoint,
@@ -31,7 +31,6 @@ from .checkpoint import (CHECKPOINT, METRICS, _plain, _to_cpu, check_resumable, 
                          unsharded)
 from .config import TrainConfig
 from .data import TOY_2D, StreamSampler, make_dataset, stream_loader
-from .meanflow import meanflow_sample
 from .model import architecture
 from .objectives import Objective, check_parallel, refresh_progressive_teacher
 from .profiling import nvtx_range
@@ -381,14 +380,8 @@ def _grid(ema, dataset, path, device, cfg, decode, env):
 
 
 def grid_sample(model, noise, steps, y=None):
-    """Samples for a grid with the sampler of the model's objective (CONTRACT.md), at the guidance the model's
-    record sets. shortcut.sample will pick it from model.objective itself; the baselines' and MeanFlow's samplers
-    are named here until it does (the same functions it calls)."""
-    objective = getattr(model, "objective", None)
-    if objective == "meanflow":
-        return meanflow_sample(model, noise, steps, y)
-    if objective in OBJECTIVES:
-        return sample_objective(objective, model, noise, steps, y, generator=torch.Generator().manual_seed(0))
+    """Samples for a grid: `shortcut.sample`, with the sampler of the model's objective and the guidance its
+    record sets (consistency training's re-noising from a generator seeded 0)."""
     return sample(model, noise, steps, y=y)
 
 
