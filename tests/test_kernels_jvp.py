@@ -357,7 +357,11 @@ def test_nested_jvp_is_an_error(gen, device):
 # The whole model.
 def _models(gen, device, **cfg_kw):
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10, **cfg_kw)
-    fused = ShortcutDiT(cfg, kernels="triton", attention="triton")
+    # Every weight drawn from `gen`: the initialisation too (it reads the global RNG, which earlier tests move),
+    # so the test sees the same model whatever ran before it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
+        fused = ShortcutDiT(cfg, kernels="triton", attention="triton")
     with torch.no_grad():   # non-zero final layer and adaLN: every path carries signal and tangent
         for p in fused.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
