@@ -12,7 +12,17 @@ conventions (PaLM, nanoGPT): it is memory traffic, not tensor-core work. DiT-XL/
     training = 3 · forward(B)                              forward + backward (2× forward)
              + 2 · forward(n_bootstrap)                    the two target-network half steps, no grad
 
-The guided (bootstrap_cfg) target forwards are not counted.
+The guided (bootstrap_cfg) target forwards are not counted. A MeanFlow step (shortcut.meanflow_loss, then
+backward) runs the JVP pass: every GEMM on the primal and on the tangent (2× its forward), attention 3× its
+forward (q·kᵀ, tq·kᵀ, q·tkᵀ, p·v, p·tv, tp·v: the one-pass JVP kernel's six matmuls), so with A the attention
+matmuls of one forward (depth·4·B·T²·D):
+
+    meanflow joint    = (2·forward + A) + 2·forward           the JVP pass (u with its graph), backward
+    meanflow separate = forward + (2·forward + A) + 2·forward  u with grad, the JVP pass without, backward
+
+Unguided (cfg_omega 1, cfg_kappa 0, the default): the guidance forwards are not counted. Nor is the GEMM that
+PyTorch's forward-AD rules for mm / addmm / convolution spend on the weights' tangent, a tensor of zeros (one
+per weight GEMM, forward − A in all; torch 2.13, tests/test_bench_report.py): work a JVP need not do.
 """
 
 
@@ -38,3 +48,12 @@ def train_step_flops(cfg, batch, objective=None):
     objective = objective or ObjectiveConfig()
     nb = int(batch * objective.bootstrap_fraction) if objective.objective == "shortcut" else 0
     return 3 * dit_forward_flops(cfg, batch) + 2 * dit_forward_flops(cfg, nb)
+
+
+def meanflow_step_flops(cfg, batch, jvp="joint"):
+    """FLOPs of one MeanFlow training step: the JVP pass (and, with jvp="separate", a forward of u), backward."""
+    if jvp not in ("joint", "separate"):
+        raise ValueError(f"jvp must be 'joint' or 'separate', got {jvp!r}")
+    forward = dit_forward_flops(cfg, batch)
+    attention = cfg.depth * 4 * batch * cfg.num_tokens ** 2 * cfg.hidden_size
+    return (2 * forward + attention) + 2 * forward + (forward if jvp == "separate" else 0)

@@ -3,7 +3,9 @@
 Each job is one SPEC §6 row group and writes one record per (case, provider) as it finishes ({kind: "perf",
 case, provider, shape, dtype, per_call_s, ..., spec_row}), or {kind: "perf_error", case, provider, error}; the
 rows that the scorecard judges carry spec_row true, the extra ones of `--full` false. Ours runs first in every
-case, so a stage cut off at its time limit loses the compile baselines (the slowest to build) first.
+case, so a stage cut off at its time limit loses the compile baselines (the slowest to build) first. The
+forward-mode AD jobs of stage perf_jvp (--full and the dry run only; no SPEC §6 target), perf_attention_jvp and
+perf_meanflow_train, are in bench/perf_jvp.py, on this file's Job and helpers.
 
 How each row is taken (common.time_per_call, common.transient_memory):
 - single ops (adaLN, conditioning, attention): back-to-back calls queued behind a spin kernel, per call, so
@@ -68,7 +70,7 @@ class Job:
             with shortcut_kernels.strict() if ours else contextlib.nullcontext():
                 t = timing if timing is not None else fn()
         except Exception as e:   # noqa: BLE001 - one provider failing must not cost the others their rows
-            self.records.error("perf_error", e, **fields)
+            self.records.error("perf_error", e, **fields, **extra)
             return None
         if bytes_moved:
             t["gbps"] = bytes_moved / t["per_call_s"] / 1e9
@@ -235,14 +237,15 @@ def count_launches(fn, device):
     return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
 
 
-def _dit(job, preset, kernels, attention, dtype=None):
+def _dit(job, preset, kernels, attention, dtype=None, **overrides):
     """A ShortcutDiT on the job's device with every weight non-zero (adaLN-Zero and the zero final layer
-    re-drawn: tensor cores run faster on zeros, and a zero output would hide a wrong kernel)."""
+    re-drawn: tensor cores run faster on zeros, and a zero output would hide a wrong kernel). overrides:
+    ModelConfig fields (MeanFlow's step_input="interval", t_scale=1.0)."""
     from shortcut import ModelConfig, ShortcutDiT
     if preset == "tiny":
-        cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10)
+        cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10, **overrides)
     else:
-        cfg = ModelConfig.preset(preset, input_size=32, in_channels=4, num_classes=1000)
+        cfg = ModelConfig.preset(preset, input_size=32, in_channels=4, num_classes=1000, **overrides)
     torch.manual_seed(0)
     with torch.device(job.device):   # initialise on the GPU: XL/2's 675 M parameters take seconds on a CPU
         model = ShortcutDiT(cfg, kernels=kernels, attention=attention)

@@ -318,13 +318,16 @@ def _perf_lines(doc):
             pct.append(f"{100 * r['tflops'] / peaks['matmul_tflops']:.0f} % GEMM")
         if r.get("tflops") and sheet:
             pct.append(f"{100 * r['tflops'] / sheet:.0f} % datasheet")
-        notes = [f"{k}={r[k]}" for k in ("sdpa_backend", "launches", "bwd_method") if r.get(k) is not None]
+        notes = [f"{k}={r[k]}" for k in ("jvp", "sdpa_backend", "launches", "bwd_method", "graph_breaks")
+                 if r.get(k) is not None]
         if r.get("launch_bound"):
             notes.append("launch-bound without a graph")
         if r.get("transient_mem_gb") is not None:
             notes.append(f"transient {r['transient_mem_gb']:.2f} GB")
         if r.get("rel_err_vs_eager") is not None:
             notes.append(f"rel err {r['rel_err_vs_eager']:.1e}")
+        if r.get("rel_err") is not None:   # perf_jvp: against SDPA math in fp32
+            notes.append(f"rel err {r['rel_err']:.1e} vs SDPA math fp32")
         rows.append([r["case"] + ("" if r.get("spec_row") else " (extra)"), r["provider"], _shape(r.get("shape")),
                      r.get("dtype", ""), _time(r.get("per_call_s")), f"{r['gbps']:.0f}" if r.get("gbps") else "",
                      f"{r['tflops']:.0f}" if r.get("tflops") else "", ", ".join(pct),

@@ -257,6 +257,35 @@ def test_forward_flops_match_pytorchs_flop_counter():
         assert flops.dit_forward_flops(cfg, B) == counter.get_total_flops()
 
 
+def test_meanflow_step_flops_match_pytorchs_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from shortcut import MeanFlowConfig, ModelConfig, ShortcutDiT
+    from shortcut.meanflow import meanflow_loss
+    # Plain matmuls (attention="torch"): the JVP's tangent matmuls are dispatched as aten mm / bmm / convolution,
+    # so the counter sees them. Unguided, as the formula assumes. The loss (the JVP pass) is counted; the
+    # backward is 2× the forward by the MFU convention, as in train_step_flops.
+    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10, step_input="interval", t_scale=1.0)
+    model = ShortcutDiT(cfg, kernels="torch", attention="torch")
+    gen = torch.Generator().manual_seed(0)
+    B = 5
+    x1 = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen)
+    y = torch.randint(0, cfg.num_classes, (B,), generator=gen)
+    forward = flops.dit_forward_flops(cfg, B)
+    attention = cfg.depth * 4 * B * cfg.num_tokens ** 2 * cfg.hidden_size
+    # PyTorch's forward-AD rules for mm / addmm / convolution multiply by the weights' tangent too, a tensor of
+    # zeros (torch 2.13): one GEMM per weight GEMM that flops.py leaves out, as work a JVP need not do.
+    zero_tangent_gemms = forward - attention
+    for jvp in ("joint", "separate"):
+        with FlopCounterMode(display=False) as counter:
+            meanflow_loss(model, x1, y, MeanFlowConfig(jvp=jvp), torch.Generator().manual_seed(1))
+        jvp_pass = flops.meanflow_step_flops(cfg, B, jvp) - 2 * forward
+        assert counter.get_total_flops() == jvp_pass + zero_tangent_gemms, jvp
+    assert flops.meanflow_step_flops(cfg, B, "separate") - flops.meanflow_step_flops(cfg, B) == forward
+    with pytest.raises(ValueError, match="jvp must be"):
+        flops.meanflow_step_flops(cfg, B, "fused")
+
+
 def test_flops_of_the_dit_presets_and_the_training_step():
     from shortcut import ModelConfig, ObjectiveConfig
     # DiT paper, table 4: 118.6 (XL/2) and 23.01 (B/2) GFLOPs per 256 px image, counted as multiply-adds.

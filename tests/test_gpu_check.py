@@ -2,6 +2,7 @@
 GPU runs), stage timeouts and the budget, and the scorecard's verdicts against the SPEC §6 thresholds."""
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,12 +54,14 @@ def test_dry_run_runs_every_stage(dry):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert files == [stem + ext for ext in (".json", ".log", ".md")] and stem.endswith("-cpu-dry-run-gpu_check")
     assert [s["name"] for s in doc["stages"]] == ["env", "correctness", "pytest", "perf_adaln", "perf_attention",
-                                                  "perf_conditioning", "perf_forward", "perf_sampler", "perf_train"]
+                                                  "perf_conditioning", "perf_forward", "perf_sampler", "perf_train",
+                                                  "perf_jvp"]
     assert all(s["status"] == "ok" and s["duration_s"] > 0 for s in doc["stages"]), doc["stages"]
     assert doc["dry_run"] and doc["status"] == "complete" and doc["env"]["cuda_available"] is False
     assert doc["peaks"]["copy_gbps"] > 0 and doc["peaks"]["matmul_tflops"] > 0
     records = doc["records"]
-    assert not [r for r in records if r["kind"] in ("perf_error", "job_error")]
+    # perf_jvp's compile rows may fail to trace torch.func.jvp (recorded as a perf_error: see the next test).
+    assert not [r for r in records if r["kind"] == "job_error" or r["kind"] == "perf_error" and r["spec_row"]]
     # Correctness: every op, every compared tensor within the 2x rule, through the interpreter.
     checks = [r for r in records if r["kind"] == "check"]
     assert {r["op"] for r in checks} == {"adaln_modulate", "gated_adaln", "embed_conditioning", "attention",
@@ -77,6 +80,56 @@ def test_dry_run_runs_every_stage(dry):
     assert all(r["per_call_s"] > 0 for r in records if r["kind"] == "perf")
     with open(os.path.join(out, stem + ".md")) as f:
         assert f.read() == scorecard.render(doc) + "\n"
+
+
+def _outcomes(records, case, provider, **fields):
+    return [r for r in records if r["kind"] in ("perf", "perf_error") and r["case"] == case
+            and r["provider"] == provider and all(r.get(k) == v for k, v in fields.items())]
+
+
+def test_dry_run_times_the_jvp_rows(dry):
+    # perf_jvp (--full on a GPU, always in the dry run): one record per row, timed or, for compile only, a
+    # perf_error with its reason; none is a SPEC row, so the scorecard (29 targets) ignores them.
+    records = dry[-1]["records"]
+    rows = {(case, provider, None): _outcomes(records, case, provider)
+            for case in ("attention_jvp_hd64", "attention_jvp_hd72")
+            for provider in ("triton", "triton_rule", "sdpa_math", "compile", "triton_fwd")}
+    rows.update({("meanflow_train", provider, jvp): _outcomes(records, "meanflow_train", provider, jvp=jvp)
+                 for provider in ("triton", "eager", "compile") for jvp in ("joint", "separate")})
+    for key, found in rows.items():
+        assert len(found) == 1, (key, found)
+        r = found[0]
+        assert r["spec_row"] is False and r["dtype"] == "fp32", (key, r)
+        if r["kind"] == "perf_error":
+            assert key[1] == "compile" and r["error"], (key, r)
+            continue
+        assert r["per_call_s"] > 0 and r["tflops"] > 0, (key, r)
+        if key[0] == "meanflow_train":
+            assert r["shape"] == ["tiny", 4] and r["jvp_autocast"] is True and math.isfinite(r["loss"]), (key, r)
+        else:   # checked against SDPA math in fp32 before it was timed
+            assert r["shape"][3] == int(key[0][-2:]) and r["rel_err"] <= r["rel_tol"] == 1e-4, (key, r)
+        if key[1] == "compile":
+            assert r["graph_breaks"] >= 0, (key, r)
+    stage = [s for s in dry[-1]["stages"] if s["name"] == "perf_jvp"][0]
+    assert stage["status"] == "ok" and not stage.get("by_plan")
+
+
+def test_the_default_gpu_plan_skips_the_jvp_stage(tmp_path, monkeypatch):
+    # No --full, no --dry-run: perf_jvp is skipped before any process starts, the report says why, and the skip
+    # does not fail the run. The default plan and its 7-minute budget are unchanged.
+    monkeypatch.setattr(sys, "path", list(sys.path))   # gpu_check puts bench/ on the path: undo it afterwards
+    gpu_check = _load("gpu_check")
+    assert gpu_check.BUDGET_S["gpu"] == 400.0
+    assert [s.name for s in gpu_check.STAGES if s.full_only] == ["perf_jvp"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, SCRIPT, "--stages", "perf_jvp", "--out", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, _, doc = _doc(tmp_path)
+    assert [(s["name"], s["status"], s["by_plan"]) for s in doc["stages"]] == [("perf_jvp", "skipped", True)]
+    assert "--full" in doc["stages"][0]["reason"] and not doc["records"]
+    assert "| perf_jvp | skipped |" in proc.stdout
 
 
 def test_dry_run_prints_the_scorecard_with_nothing_measured(dry):
