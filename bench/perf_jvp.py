@@ -31,8 +31,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from common import transient_memory
-from perf_spec import _autocast, _dit, _inputs, _rel_err, _twin
+from perf_spec import _dit, _inputs, _rel_err, _twin, time_training_step
 
 # Floor of the accuracy check (max |out − ref| / max |ref|), below 2× SDPA math's own error in the same dtype:
 # the interpreter's fp32 kernels agree with SDPA math to 3-5e-7 (dry run, T 16); bf16 has an 8-bit mantissa
@@ -119,7 +118,6 @@ def perf_meanflow_train(job):
     from flops import meanflow_step_flops
     from shortcut import MeanFlowConfig
     from shortcut.meanflow import meanflow_batch_loss, meanflow_inputs
-    from shortcut.train import ema_update
     # Dry run: batch 4 (3 items at h = 0, 1 with h > 0): the interpreted fused step takes seconds an item.
     cases = [("tiny", 4)] if job.dry else [("DiT-B/2", 256)]
     for preset, B in cases:
@@ -136,34 +134,18 @@ def perf_meanflow_train(job):
                     model = _twin(job, base, "triton", "triton") if provider == "triton" else copy.deepcopy(base)
                     model.train()
                     ema = copy.deepcopy(model).requires_grad_(False).eval()
-                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
                     gen = torch.Generator(job.device).manual_seed(0)
                     batch_loss = meanflow_batch_loss
                     if provider == "compile":
                         torch._dynamo.reset()
                         torch._dynamo.utils.counters.clear()
                         batch_loss = job.compile(meanflow_batch_loss)
-                    losses = []
 
-                    def step():   # shortcut.meanflow_loss, then the body of shortcut.train's loop
-                        with _autocast(job):
-                            batch = meanflow_inputs(model, x1, y, objective, gen)
-                            loss, _ = batch_loss(model, batch, objective)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        ema_update(ema, model, 0.999)
-                        losses[:] = [loss.detach()]
-                    result = job.time(step, total_s=1.0)
-                    result.update(transient_memory(step, job.device))
-                    if not torch.isfinite(losses[0]):
-                        raise FloatingPointError(f"non-finite MeanFlow loss {losses[0].item()}")
-                    result["loss"] = losses[0].item()
+                    def loss():   # shortcut.meanflow_loss: the draws stay eager, the loss may be compiled
+                        return batch_loss(model, meanflow_inputs(model, x1, y, objective, gen), objective)[0]
+                    result = time_training_step(job, model, ema, loss, "MeanFlow")
                     if provider == "compile":
                         result.update(_compile_fields())
-                    del model, ema, opt
-                    if job.cuda:
-                        torch.cuda.empty_cache()
                     return result
                 job.row("meanflow_train", provider, timed, spec=False, shape=(preset, B),
                         flops=meanflow_step_flops(cfg, B, jvp), ours=provider == "triton", jvp=jvp,

@@ -407,10 +407,35 @@ def perf_sampler(job):
 
 
 # ------------------------------------------------------------------------------------------------ training
+def time_training_step(job, model, ema, loss_fn, what):
+    """Seconds per optimizer step as shortcut.train's loop runs one: loss_fn() under autocast, backward, AdamW
+    (lr 1e-4, weight decay 0.1), EMA update (0.999); with its transient memory and the last loss. Raises on a
+    non-finite loss (named `what`)."""
+    from shortcut.train import ema_update
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
+    losses = []
+
+    def step():
+        with _autocast(job):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(ema, model, 0.999)
+        losses[:] = [loss.detach()]
+    result = job.time(step, total_s=1.0)
+    result.update(transient_memory(step, job.device))
+    if not torch.isfinite(losses[0]):
+        raise FloatingPointError(f"non-finite {what} loss {losses[0].item()}")
+    result["loss"] = losses[0].item()
+    if job.cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
 def perf_train(job):
     from flops import train_step_flops
     from shortcut import ObjectiveConfig, shortcut_loss, shortcut_targets
-    from shortcut.train import ema_update
     cases = [("tiny", 8)] if job.dry else [("DiT-B/2", 256)]
     objective = ObjectiveConfig()
     for preset, B in cases:
@@ -425,31 +450,15 @@ def perf_train(job):
                 model = _twin(job, base, "triton", "triton") if provider == "triton" else copy.deepcopy(base)
                 model.train()
                 ema = copy.deepcopy(model).requires_grad_(False).eval()
-                opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
                 net, target = model, ema
                 if provider == "compile":
                     torch._dynamo.reset()
                     net, target = job.compile(model), job.compile(ema)
                 gen = torch.Generator(job.device).manual_seed(0)
-                losses = []
 
-                def step():   # the body of shortcut.train's loop
-                    with _autocast(job):
-                        batch = shortcut_targets(target, x1, y, objective, generator=gen)
-                        loss, _ = shortcut_loss(net, batch)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    ema_update(ema, model, 0.999)
-                    losses[:] = [loss.detach()]
-                result = job.time(step, total_s=1.0)
-                result.update(transient_memory(step, job.device))
-                if not torch.isfinite(losses[0]):
-                    raise FloatingPointError(f"non-finite training loss {losses[0].item()}")
-                del model, ema, opt, net, target
-                if job.cuda:
-                    torch.cuda.empty_cache()
-                return result
+                def loss():
+                    return shortcut_loss(net, shortcut_targets(target, x1, y, objective, generator=gen))[0]
+                return time_training_step(job, model, ema, loss, "training")
             job.row("train", provider, timed, spec=spec, shape=(preset, B), flops=flops, ours=provider == "triton",
                     bootstrap_fraction=objective.bootstrap_fraction)
         del base

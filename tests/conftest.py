@@ -94,3 +94,18 @@ def assert_replay_matches(out, ref):
     else:
         tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[out.dtype]
         torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+def cli_error(argv, capsys, monkeypatch):
+    """Run `shortcut ARGV`, which must fail as bad input does: exit status 2 and one line on stderr,
+    `shortcut COMMAND: error: ...`, no traceback. Returns that line."""
+    from shortcut.cli import main
+    monkeypatch.delenv("SHORTCUT_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+    assert err.startswith(f"shortcut {argv[0]}: error: "), err
+    return err
+

@@ -1,5 +1,6 @@
 """Bad command-line input: one line on stderr saying what is wrong and what is accepted, exit status 2."""
 import pytest
+from conftest import cli_error
 
 from shortcut import TrainConfig, train
 from shortcut.cli import main
@@ -14,16 +15,6 @@ def ckpt(tmp_path_factory):
     return str(out / CHECKPOINT)
 
 
-def _fails(argv, capsys, monkeypatch):
-    """Run the CLI; return its one stderr line after checking the exit status."""
-    monkeypatch.delenv("SHORTCUT_TRACEBACK", raising=False)
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    assert err.startswith(f"shortcut {argv[0]}: error: ")
-    return err
 
 
 TRAIN = ["train", "--steps", "1", "--batch-size", "8", "--progress", "false"]
@@ -46,7 +37,7 @@ TRAIN = ["train", "--steps", "1", "--batch-size", "8", "--progress", "false"]
 ])
 def test_train_bad_input(tmp_path, capsys, monkeypatch, argv, said):
     out = tmp_path / "run"
-    err = _fails([*TRAIN, *argv, "--out-dir", str(out)], capsys, monkeypatch)
+    err = cli_error([*TRAIN, *argv, "--out-dir", str(out)], capsys, monkeypatch)
     assert all(s in err for s in said), err
     assert not out.exists(), "bad input fails before anything is written"
 
@@ -55,24 +46,24 @@ def test_missing_checkpoint(tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "nope" / CHECKPOINT)
     for cmd in (["sample", "--ckpt", missing], ["eval", "--ckpt", missing], ["export", "--ckpt", missing,
                 "--out", str(tmp_path / "x")], ["train", "--resume", "true", "--out-dir", str(tmp_path / "nope")]):
-        err = _fails(cmd, capsys, monkeypatch)
+        err = cli_error(cmd, capsys, monkeypatch)
         assert f"no checkpoint at {missing}" in err.replace("'", "")
 
 
 @pytest.mark.parametrize("steps", [0, 129, 256])
 def test_step_counts_outside_1_to_128(ckpt, tmp_path, capsys, monkeypatch, steps):
     png = tmp_path / "s.png"
-    err = _fails(["sample", "--ckpt", ckpt, "--steps", "1", str(steps), "--out", str(png)], capsys, monkeypatch)
+    err = cli_error(["sample", "--ckpt", ckpt, "--steps", "1", str(steps), "--out", str(png)], capsys, monkeypatch)
     assert "steps" in err and f"got {steps}" in err and "128" in err
     assert not png.exists()
-    err = _fails(["eval", "--ckpt", ckpt, "--steps", str(steps)], capsys, monkeypatch)
+    err = cli_error(["eval", "--ckpt", ckpt, "--steps", str(steps)], capsys, monkeypatch)
     assert f"got {steps}" in err
 
 
 def test_argparse_errors_are_one_line_too(ckpt, capsys, monkeypatch):
-    err = _fails(["sample", "--ckpt", ckpt, "--steps", "four"], capsys, monkeypatch)
+    err = cli_error(["sample", "--ckpt", ckpt, "--steps", "four"], capsys, monkeypatch)
     assert "argument --steps: invalid int value: 'four'" in err and "--help" in err
-    err = _fails(["train", "--resume", "maybe"], capsys, monkeypatch)
+    err = cli_error(["train", "--resume", "maybe"], capsys, monkeypatch)
     assert "expected true/false, got 'maybe'" in err
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import cli_error
 
 from shortcut import ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, save_pretrained, train
 from shortcut.cli import main
@@ -82,14 +83,6 @@ def test_meanflow_from_a_flow_model_keeps_its_time_scale(tmp_path, flow):
     assert res.model.cfg.t_scale == 1.0 and res.model.k_embedder.scale == 1.0
 
 
-def _fails(argv, capsys, monkeypatch):
-    monkeypatch.delenv("SHORTCUT_TRACEBACK", raising=False)
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("shortcut train: error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +109,6 @@ def test_init_from_errors(tmp_path, capsys, monkeypatch, flow, misfits, extra, s
     out = tmp_path / "run"
     argv = ["train", "--steps", "1", "--batch-size", "8", "--progress", "false", "--device", "cpu",
             "--out-dir", str(out), *[a.format(**paths) for a in extra]]
-    err = _fails(argv, capsys, monkeypatch)
+    err = cli_error(argv, capsys, monkeypatch)
     assert all(s in err for s in said), err
     assert not out.exists(), "nothing written"

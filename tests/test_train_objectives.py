@@ -8,12 +8,12 @@ import importlib
 
 import pytest
 import torch
-from conftest import redraw_zero_init
+from conftest import cli_error, redraw_zero_init
 
 from shortcut import ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, save_pretrained, train
 from shortcut.baselines import (OBJECTIVES, ReflowPairs, consistency_distillation_targets, copy_teacher,
                                 progressive_refresh_source, progressive_targets)
-from shortcut.cli import build_parser, config_from_args, main
+from shortcut.cli import build_parser, config_from_args
 from shortcut.meanflow import MeanFlowConfig, meanflow_loss
 from shortcut.train import CHECKPOINT, load_checkpoint, model_from_checkpoint
 
@@ -281,14 +281,6 @@ def test_exact_resume(tmp_path, monkeypatch, name):
 # ---------------------------------------------------------------------------------------------------------------
 # Teacher errors: one line, exit status 2, nothing written
 
-def _fails(argv, capsys, monkeypatch):
-    monkeypatch.delenv("SHORTCUT_TRACEBACK", raising=False)
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 TRAIN = ["train", "--steps", "7", "--batch-size", "8", "--progress", "false", "--device", "cpu"]
@@ -330,7 +322,7 @@ def test_teacher_errors(tmp_path, capsys, monkeypatch, teacher, odd_models, obje
     argv = [*TRAIN, "--objective", objective, "--out-dir", str(tmp_path / "run")]
     if which:
         argv += ["--teacher", paths[which]]
-    err = _fails(argv, capsys, monkeypatch)
+    err = cli_error(argv, capsys, monkeypatch)
     assert err.startswith("shortcut train: error: ") and all(s in err for s in said), err
     assert not (tmp_path / "run").exists(), "nothing written"
 
@@ -361,7 +353,7 @@ def test_cli_flags(tmp_path):
 
 
 def test_cli_bad_objective(tmp_path, capsys, monkeypatch):
-    err = _fails([*TRAIN, "--objective", "naive", "--out-dir", str(tmp_path / "r")], capsys, monkeypatch)
+    err = cli_error([*TRAIN, "--objective", "naive", "--out-dir", str(tmp_path / "r")], capsys, monkeypatch)
     assert "invalid choice: 'naive'" in err and "meanflow" in err
     assert not (tmp_path / "r").exists()
 
