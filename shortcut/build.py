@@ -5,7 +5,7 @@ import numbers
 import types
 
 from .config import ModelConfig, TrainConfig
-from .model import ShortcutDiT, ShortcutMLP
+from .model import ShortcutDiT, ShortcutMLP, model_from_architecture
 
 
 def data_shape(info):
@@ -82,10 +82,11 @@ def _from_architecture(arch, dataset, overrides, kernels):
     config = dict(arch["model_config"])
     if dataset.is_image:
         c, h, _ = dataset.shape
-        config.update(input_size=h, in_channels=c, num_classes=dataset.num_classes, **overrides)
-        return ShortcutDiT(ModelConfig(**config), kernels=kernels)
-    config.update(dim=dataset.shape[0], num_classes=dataset.num_classes, **overrides)
-    return ShortcutMLP(**config)
+        config.update(input_size=h, in_channels=c)
+    else:
+        config.update(dim=dataset.shape[0])
+    config.update(num_classes=dataset.num_classes, **overrides)
+    return model_from_architecture({"model_type": kind, "model_config": config}, kernels)
 
 
 # ModelConfig fields that come from the data (image side, channels, classes), not from --model.

@@ -76,8 +76,11 @@ def checkpoint_model(ckpt, kernels="auto"):
 
 
 def checkpoint_objective(ckpt):
-    """The objective a checkpoint was trained with: its "objective" record (older ones: the config's)."""
-    return ckpt.get("objective") or ckpt["config"]["objective"]["objective"]
+    """The objective a checkpoint dict records: its "objective" key, or (older checkpoints) its TrainConfig's."""
+    if ckpt.get("objective"):
+        return ckpt["objective"]
+    objective = (ckpt.get("config") or {}).get("objective")
+    return objective.get("objective") if isinstance(objective, dict) else None
 
 
 def checkpoint_data_info(ckpt):

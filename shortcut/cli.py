@@ -329,6 +329,9 @@ def eval_cmd(args):
     from .train import resolve_device
     if args.fid:
         return fid_cmd(args)
+    if args.cfg_scale is not None or args.force_cfg:
+        raise CommandError("--cfg-scale / --force-cfg apply to --fid only: the digits and 2-D metrics sample "
+                           "each model with its own guidance policy")
     device = resolve_device(args.device)
     results, metrics = {}, None
     for ckpt in args.ckpt:
@@ -390,16 +393,14 @@ def load_for_sampling(path, device, live=False):
     """(model, data_info, decode) from a checkpoint file or a save_pretrained folder; decode maps samples to
     images (the VAE for latent models, identity otherwise). The model carries the objective it was trained
     with (`model.objective`), so `shortcut.sample` picks its sampler."""
-    from .pretrained import checkpoint_objective, from_pretrained
+    from .pretrained import from_pretrained
     from .train import checkpoint_data_info, load_checkpoint, model_from_checkpoint
     if os.path.isdir(path):
         model = from_pretrained(path, weights="live" if live else "ema")
         info = model.data_info
     else:
         ckpt = load_checkpoint(path)
-        model, _ = model_from_checkpoint(ckpt, use_ema=not live)
-        if getattr(model, "objective", None) is None:
-            model.objective = checkpoint_objective(ckpt)
+        model, _ = model_from_checkpoint(ckpt, use_ema=not live)   # carries the checkpoint's objective
         info = checkpoint_data_info(ckpt)
     model = model.to(device)
     decode = None

@@ -19,9 +19,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import torch
+
+from .baselines import OBJECTIVES
 from .config import ObjectiveConfig, TrainConfig
+from .eval import evaluate_digits, format_value
 
 COMPARE_STEPS = (1, 2, 3, 4, 6, 8, 16, 32, 64, 128)
 COMPARE_BUDGET = 2000        # optimizer steps per method: the demo's
@@ -53,7 +57,6 @@ METHODS = (
            (("bootstrap_fraction", 0.25),), targets="live", init_from_teacher=True),
 )
 METHOD_NAMES = tuple(m.name for m in METHODS)
-NEEDS_TEACHER = ("progressive", "consistency_distillation", "reflow")
 
 
 @dataclass
@@ -113,7 +116,6 @@ def run_compare(out_dir="runs/compare", settings=None, methods=METHOD_NAMES, dev
                 log=print):
     """Train and evaluate `methods` (names from METHOD_NAMES); writes compare.json and compare.md to out_dir and
     returns the JSON's dict."""
-    from .eval import evaluate_digits
     from .train import CHECKPOINT, resolve_device, train
     s = settings or CompareSettings()
     s.check()
@@ -125,11 +127,9 @@ def run_compare(out_dir="runs/compare", settings=None, methods=METHOD_NAMES, dev
     os.makedirs(out_dir, exist_ok=True)
     results = {}
     teacher_path = os.path.join(out_dir, "teacher", CHECKPOINT)
-    need_teacher = any(m.phases == "two" for m in chosen)
-    need_flow = need_teacher or any(m.name == "flow" for m in chosen)
     times = {}
 
-    if need_flow:   # the flow run: its checkpoint at the teacher's step is the teacher, then on to the budget
+    if any(m.phases == "two" or m.name == "flow" for m in chosen):   # the flow run: its checkpoint at the teacher's step is the teacher, then on to the budget
         flow_dir = os.path.join(out_dir, "flow")
         _fresh(flow_dir)
         log(f"compare: flow matching, {s.teacher_steps} steps (the teacher) ...")
@@ -142,8 +142,7 @@ def run_compare(out_dir="runs/compare", settings=None, methods=METHOD_NAMES, dev
             log(f"compare: flow matching, on to {s.budget} steps ...")
             t0 = time.perf_counter()
             run = train(_train_config(s, flow_dir, "flow", s.budget, device, progress, resume=True))
-            results["flow"] = _evaluate(run, s, dev, times["teacher"] + time.perf_counter() - t0, 0.0,
-                                        s.budget, evaluate_digits, log)
+            results["flow"] = _evaluate(run, s, dev, times["teacher"] + time.perf_counter() - t0, 0.0, s.budget, log)
 
     for m in chosen:
         if m.name == "flow":
@@ -152,7 +151,7 @@ def run_compare(out_dir="runs/compare", settings=None, methods=METHOD_NAMES, dev
         extra = {"targets": m.targets, "objective_settings": m.settings}
         if m.init_from_teacher:
             extra["init_from"] = teacher_path
-        elif m.name in NEEDS_TEACHER:
+        elif OBJECTIVES.get(m.objective, {}).get("needs_teacher"):
             extra["teacher"] = teacher_path
         log(f"compare: {m.label}, {steps} steps{' after the teacher' if m.phases == 'two' else ''} ...")
         run_dir = os.path.join(out_dir, m.name)
@@ -160,12 +159,10 @@ def run_compare(out_dir="runs/compare", settings=None, methods=METHOD_NAMES, dev
         t0 = time.perf_counter()
         run = train(_train_config(s, run_dir, m.objective, steps, device, progress, **extra))
         own = time.perf_counter() - t0
-        results[m.name] = _evaluate(run, s, dev, own, times["teacher"] if m.phases == "two" else 0.0,
-                                    steps, evaluate_digits, log)
+        results[m.name] = _evaluate(run, s, dev, own, times["teacher"] if m.phases == "two" else 0.0, steps, log)
 
-    report = {"settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
-                           "teacher_steps": s.teacher_steps, "device": str(dev),
-                           "threads": _threads()},
+    report = {"settings": {**asdict(s), "teacher_steps": s.teacher_steps, "device": str(dev),
+                           "threads": torch.get_num_threads()},
               "methods": {m.name: {"label": m.label, "objective": m.objective, "phases": m.phases,
                                    **results[m.name]} for m in chosen}}
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
@@ -183,22 +180,15 @@ def _fresh(run_dir):
         shutil.rmtree(run_dir)
 
 
-def _threads():
-    import torch
-    return torch.get_num_threads()
-
-
-def _evaluate(run, s, device, train_s, teacher_s, own_steps, evaluate_digits, log):
+def _evaluate(run, s, device, train_s, teacher_s, own_steps, log):
+    """evaluate_digits of the run's EMA at the settings' step counts, with the run's times."""
     t0 = time.perf_counter()
     rows = evaluate_digits(run.ema, s.steps, per_class=s.per_class, seed=s.seed, device=device)
     eval_s = time.perf_counter() - t0
-    last = rows[0]
-    log(f"  1 step: FD {last['fd']:.3f}, accuracy {last['accuracy']:.3f} (train {train_s:.0f} s, eval {eval_s:.0f} s)")
+    first = rows[0]
+    log(f"  {first['steps']} step(s): FD {first['fd']:.3f}, accuracy {first['accuracy']:.3f} "
+        f"(train {train_s:.0f} s, eval {eval_s:.0f} s)")
     return {"rows": rows, "own_steps": own_steps, "train_s": train_s, "teacher_s": teacher_s, "eval_s": eval_s}
-
-
-def _fmt(v):
-    return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
 def _duration(seconds):
@@ -219,7 +209,7 @@ def markdown(report):
                 "|---|---|" + "---:|" * (len(steps) + 1)]
         for name, m in methods.items():
             phases = (f"teacher {teacher} + {m['own_steps']}" if m["phases"] == "two" else f"{m['own_steps']}")
-            cells = [_fmt(r[metric]) for r in m["rows"]]
+            cells = [format_value(r[metric]) for r in m["rows"]]
             out.append(f"| {m['label']} | {phases} | " + " | ".join(cells) + f" | "
                        f"{_duration(m['train_s'] + m['teacher_s'])} |")
         out.append("")

@@ -195,17 +195,17 @@ class ObjectiveConfig:
     sigma_min: float = 1e-5            # x_t = (1 - (1 - sigma_min)·t)·x0 + t·x1
     reflow_pairs: int = 0              # reflow: (noise, sample) pairs from the teacher (0: the data's size, 2-D: 10000)
     reflow_teacher_steps: int = 0      # reflow: the teacher's Euler steps per pair (0: denoise_timesteps)
-    meanflow_flow_fraction: float = 0.75      # meanflow: share of items with h = 0 (official data_proportion)
-    meanflow_time_dist: str = "logit_normal"  # meanflow: how (s, s + h) are drawn: logit_normal or uniform
-    meanflow_P_mean: float = -0.4             # meanflow: logit-normal location in the paper's time t = 1 - s
-    meanflow_P_std: float = 1.0               # meanflow: logit-normal scale
-    meanflow_norm_p: float = 1.0              # meanflow: adaptive weight 1/(|err|^2 + norm_eps)^norm_p
-    meanflow_norm_eps: float = 0.01           # meanflow: adaptive weight's eps (official 0.01)
-    meanflow_cfg_omega: float = 1.0           # meanflow: guidance folded into the target (paper's omega)
-    meanflow_cfg_kappa: float = 0.0           # meanflow: paper's kappa; guidance scale omega / (1 - kappa)
-    meanflow_cfg_s_range: tuple = (0.0, 1.0)  # meanflow: guided where s is in [lo, hi]
-    meanflow_jvp: str = "joint"               # meanflow: joint (one torch.func.jvp) or separate (u, then the JVP)
-    meanflow_jvp_autocast: bool = False       # meanflow: false runs the JVP in fp32 (bf16 JVP not measured on a GPU)
+    meanflow_flow_fraction: float = MeanFlowConfig.flow_fraction  # meanflow: share of items with h = 0
+    meanflow_time_dist: str = MeanFlowConfig.time_dist  # meanflow: how (s, s + h) are drawn: logit_normal | uniform
+    meanflow_P_mean: float = MeanFlowConfig.P_mean  # meanflow: logit-normal location in paper time t = 1 - s
+    meanflow_P_std: float = MeanFlowConfig.P_std  # meanflow: logit-normal scale
+    meanflow_norm_p: float = MeanFlowConfig.norm_p  # meanflow: adaptive weight 1/(|err|^2 + eps)^norm_p
+    meanflow_norm_eps: float = MeanFlowConfig.norm_eps  # meanflow: adaptive weight's eps (official 0.01)
+    meanflow_cfg_omega: float = MeanFlowConfig.cfg_omega  # meanflow: guidance folded into the target (omega)
+    meanflow_cfg_kappa: float = MeanFlowConfig.cfg_kappa  # meanflow: paper's kappa; guidance omega / (1 - kappa)
+    meanflow_cfg_s_range: tuple = MeanFlowConfig.cfg_s_range  # meanflow: guided where s is in [lo, hi]
+    meanflow_jvp: str = MeanFlowConfig.jvp  # meanflow: joint (one torch.func.jvp) or separate
+    meanflow_jvp_autocast: bool = MeanFlowConfig.jvp_autocast  # meanflow: false: the JVP runs in fp32
 
     def __post_init__(self):
         if self.objective not in OBJECTIVE_NAMES:

@@ -189,12 +189,13 @@ def format_table(results, metrics):
     steps = [row["steps"] for row in results[runs[0]]]
     lines = [head, sep]
     for i, s in enumerate(steps):
-        cells = [_fmt(results[r][i][m]) for r in runs for m in metrics]
+        cells = [format_value(results[r][i][m]) for r in runs for m in metrics]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fmt(v):
+def format_value(v):
+    """A metric as the tables print it: 3 decimals, or 1 from 100 on."""
     return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 

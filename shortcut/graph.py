@@ -93,9 +93,6 @@ class _Captured:
         if self.use_cache:
             self.cache = ConditioningCache(net, self.steps, self.labels,
                                            self.dtype if self.dtype != self.param_dtype else None)
-            if self.cache.schedule != self.plan.schedule:
-                raise ValueError(f"the model now samples as a {self.cache.objective} model, not the "
-                                 f"{self.plan.objective} sampler this GraphSampler was built for: build a new one")
         self.tensors = _weights(net)
         self.snapshot = _snapshot(self.tensors)
 

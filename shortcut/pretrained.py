@@ -58,7 +58,7 @@ def save_pretrained(source, directory, weights=None, data_info=None):
     bad = [w for w in weights if w not in WEIGHT_FILES]
     if not weights or bad:
         raise ValueError(f"weights must be a non-empty subset of {tuple(WEIGHT_FILES)}, got {weights!r}")
-    extra, objective = {}, None
+    extra = {}
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
     if isinstance(source, dict):
@@ -66,7 +66,6 @@ def save_pretrained(source, directory, weights=None, data_info=None):
         model = checkpoint_model(source)
         states = {"ema": source["ema"], "live": source["model"]}
         extra = {"train_config": source["config"], "step": source["step"]}
-        objective = checkpoint_objective(source)
     elif isinstance(source, TrainResult):
         model, info = source.ema, data_info or _default_info(source.ema)
         states = {"ema": source.ema.state_dict(), "live": source.model.state_dict()}
@@ -82,17 +81,8 @@ def save_pretrained(source, directory, weights=None, data_info=None):
         raise TypeError(f"save_pretrained takes a checkpoint path or dict, a TrainResult or a model, "
                         f"got {type(source).__name__}")
     states = {w: states[w] for w in weights}
-    objective = objective or getattr(model, "objective", None)
     return write_pretrained(directory, model, states, info,
-                            {"objective": objective, "guidance": getattr(model, "guidance", None), **extra})
-
-
-def checkpoint_objective(ckpt):
-    """The objective a checkpoint dict records: its "objective" key, or (older checkpoints) its TrainConfig's."""
-    if ckpt.get("objective"):
-        return ckpt["objective"]
-    objective = (ckpt.get("config") or {}).get("objective")
-    return objective.get("objective") if isinstance(objective, dict) else None
+                            {"objective": getattr(model, "objective", None), "guidance": getattr(model, "guidance", None), **extra})
 
 
 def write_pretrained(directory, model, states, data_info, extra=None):

@@ -265,8 +265,8 @@ def _train(cfg, env):
     if decode is not None:
         _grid(ema, dataset, os.path.join(cfg.out_dir, "samples.png"), device, cfg, decode, env)
     if fsdp:   # hand back ordinary modules: sharded ones are unusable once the process group is gone
+        # (copies of `shadow`, which carries build_model's objective and guidance records)
         raw, ema = unsharded(raw, shadow, device).train(), unsharded(ema, shadow, device).requires_grad_(False)
-        raw.objective = ema.objective = name
     D.barrier(env)
     return TrainResult(raw, ema, cfg.steps, history, cfg.out_dir, env.rank, env.world_size)
 
@@ -379,12 +379,6 @@ def _grid(ema, dataset, path, device, cfg, decode, env):
     save_grid(ema, dataset, path if env.is_main else None, device, cfg.grid_steps, decode=decode)
 
 
-def grid_sample(model, noise, steps, y=None):
-    """Samples for a grid: `shortcut.sample`, with the sampler of the model's objective and the guidance its
-    record sets (consistency training's re-noising from a generator seeded 0)."""
-    return sample(model, noise, steps, y=y)
-
-
 @torch.no_grad()
 def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128), seed=0, decode=None,
               max_columns=16):
@@ -404,11 +398,11 @@ def save_grid(model, dataset, path, device, steps=(1, 2, 4, 8, 16, 32, 64, 128),
         if dataset.num_classes:
             y = (torch.arange(n) * dataset.num_classes // n if dataset.num_classes > n
                  else torch.arange(n) % dataset.num_classes).to(device)
-        rows = [decode(grid_sample(model, noise, s, y)).float().cpu() for s in steps]
+        rows = [decode(sample(model, noise, s, y=y)).float().cpu() for s in steps]
         if path:
             grid_image(rows, scale=4 if rows[0].shape[-1] < 64 else 1).save(path)
     else:
         noise = torch.randn(1000, *dataset.shape, generator=g).to(device)
-        img = scatter_image([grid_sample(model, noise, s).float().cpu() for s in steps])
+        img = scatter_image([sample(model, noise, s).float().cpu() for s in steps])
         if path:
             img.save(path)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..sampler import check_labels, guided_velocity
+from ..sampler import check_labels, check_noise, guided_velocity
 
 
 def check_data(x1, y):
@@ -102,11 +102,6 @@ def drop_labels(y, p, null_label, generator):
     """Labels replaced by the null label with probability p each (classifier-free guidance training)."""
     drop = torch.rand(y.shape[0], generator=generator, device=generator.device).to(y.device) < p
     return torch.where(drop, torch.full_like(y, null_label), y)
-
-
-def check_noise(noise):
-    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.dim() < 2:
-        raise ValueError("noise must be a floating-point tensor of shape (B, ...)")
 
 
 @torch.no_grad()
