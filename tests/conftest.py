@@ -1,4 +1,5 @@
 """Shared test setup: the Triton interpreter on CPU-only machines, the CUDA marker, the tolerance rule."""
+import contextlib
 import os
 import sys
 
@@ -108,4 +109,13 @@ def cli_error(argv, capsys, monkeypatch):
     assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
     assert err.startswith(f"shortcut {argv[0]}: error: "), err
     return err
+
+
+@contextlib.contextmanager
+def init_from(gen):
+    """Module initialisation drawn from `gen` instead of the global RNG (which earlier tests move), so a test
+    sees the same weights whatever ran before it; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
+        yield
 

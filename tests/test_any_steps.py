@@ -2,6 +2,7 @@
 steps for models that ignore k, and the samplers and CLI that take them."""
 import pytest
 import torch
+from conftest import cli_error
 
 from shortcut import GraphSampler, ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, sample, step_schedule, train
 from shortcut.cli import main
@@ -89,7 +90,7 @@ def test_graph_sampler_and_cache_take_any_count(gen, device, n, cfg_scale):
         torch.testing.assert_close(gs(noise, y), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_sample_and_eval_take_any_count(tmp_path, capsys):
+def test_cli_sample_and_eval_take_any_count(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     train(TrainConfig(data="digits", preset="tiny", steps=2, batch_size=16, out_dir=str(out), progress=False,
                       grid_steps=(1,), objective=ObjectiveConfig(bootstrap_fraction=0.25)))
@@ -98,6 +99,6 @@ def test_cli_sample_and_eval_take_any_count(tmp_path, capsys):
     assert png.exists()
     main(["eval", "--ckpt", str(out / CHECKPOINT), "--steps", "3", "--per-class", "2"])
     assert "\n| 3 | " in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        main(["sample", "--ckpt", str(out / CHECKPOINT), "--steps", "200", "--out", str(tmp_path / "x.png")])
-    assert e.value.code == 2 and "steps must be an int in 1 … 128" in capsys.readouterr().err
+    err = cli_error(["sample", "--ckpt", str(out / CHECKPOINT), "--steps", "200", "--out", str(tmp_path / "x.png")],
+                    capsys, monkeypatch)
+    assert "steps must be an int in 1 … 128" in err

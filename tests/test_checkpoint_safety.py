@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error
 
 from shortcut import TrainConfig, train
-from shortcut.cli import main
 from shortcut.train import CHECKPOINT, load_checkpoint, model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def _one_line(err):
 
 
 @pytest.mark.parametrize("how", ["system", "open"])
-def test_malicious_checkpoint_runs_nothing(tmp_path, capsys, how):
+def test_malicious_checkpoint_runs_nothing(tmp_path, capsys, monkeypatch, how):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     run.mkdir()
@@ -54,10 +54,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, capsys, how):
                  ["eval", "--ckpt", str(path)],
                  ["export", "--ckpt", str(path), "--out", str(tmp_path / "exported")],
                  ["train", "--out-dir", str(run), "--resume", "true"]):
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 2
-        err = _one_line(capsys.readouterr().err)
+        err = cli_error(argv, capsys, monkeypatch)
         assert f"shortcut {argv[0]}: error: refusing to load" in err and str(path) in err
     assert not marker.exists(), "the checkpoint's payload ran"
     assert not (tmp_path / "exported").exists() and not (tmp_path / "s.png").exists()
@@ -99,7 +96,7 @@ def test_checkpoints_hold_only_plain_values(tmp_path):
     assert load_checkpoint(old) == {"config": {"lr": 1e-3, "depth": 2}, "flag": True}
 
 
-def test_unreadable_checkpoints(tmp_path, capsys):
+def test_unreadable_checkpoints(tmp_path, capsys, monkeypatch):
     text, empty = tmp_path / "notes.pt", tmp_path / "empty.pt"
     text.write_text("hello")
     empty.write_bytes(b"")
@@ -108,6 +105,4 @@ def test_unreadable_checkpoints(tmp_path, capsys):
             load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(SystemExit) as e:
-        main(["eval", "--ckpt", str(text)])
-    assert e.value.code == 2 and "not a readable checkpoint" in _one_line(capsys.readouterr().err)
+    assert "not a readable checkpoint" in cli_error(["eval", "--ckpt", str(text)], capsys, monkeypatch)

@@ -15,6 +15,11 @@ def ckpt(tmp_path_factory):
     return str(out / CHECKPOINT)
 
 
+@pytest.mark.parametrize("flag", [["--cfg-scale", "2"], ["--force-cfg"]])
+def test_eval_guidance_flags_need_fid(ckpt, capsys, monkeypatch, flag):
+    """The metrics sample with each model's guidance policy: a flag they would ignore is refused, not dropped."""
+    err = cli_error(["eval", "--ckpt", ckpt, "--steps", "1", *flag], capsys, monkeypatch)
+    assert "--cfg-scale / --force-cfg apply to --fid only" in err
 
 
 TRAIN = ["train", "--steps", "1", "--batch-size", "8", "--progress", "false"]

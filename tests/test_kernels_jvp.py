@@ -11,7 +11,7 @@ import importlib
 
 import pytest
 import torch
-from conftest import assert_close_rel, cuda
+from conftest import assert_close_rel, cuda, init_from
 from torch.autograd import forward_ad as fwAD
 
 from shortcut import ModelConfig, ShortcutDiT
@@ -249,19 +249,21 @@ def test_adaln_modulate_rule(shape, dtype, gen, device, strict_kernels):
                [x, mods], [tx, tmods], torch.float64, ["h"])
 
 
+def _gated(op):
+    """gated_adaln(x, branch, gate, shift, scale) as a function of (x, mods, branch), mods the (B, 6D) adaLN output."""
+    def fn(x, mods, branch):
+        _, _, gate, shift, scale, _ = mods.chunk(6, dim=1)
+        return op(x, branch, gate, shift, scale)
+    return fn
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [(3, 5, 40), (2, 3, 96)])
 def test_gated_adaln_rule(shape, dtype, gen, device, strict_kernels):
     """Tangents on all five tensors: x2 and h."""
     x, mods, branch = _adaln_inputs(*shape, gen, device, dtype)
     tx, tmods, tbranch = _adaln_inputs(*shape, gen, device, dtype)
-
-    def gated(op):
-        def fn(x, mods, branch):
-            _, _, gate, shift, scale, _ = mods.chunk(6, dim=1)
-            return op(x, branch, gate, shift, scale)
-        return fn
-    _check_jvp(gated(gated_adaln), gated(gated_adaln_ref), [x, mods, branch], [tx, tmods, tbranch],
+    _check_jvp(_gated(gated_adaln), _gated(gated_adaln_ref), [x, mods, branch], [tx, tmods, tbranch],
                torch.float64, ["x2", "h"])
 
 
@@ -357,10 +359,7 @@ def test_nested_jvp_is_an_error(gen, device):
 # The whole model.
 def _models(gen, device, **cfg_kw):
     cfg = ModelConfig.preset("tiny", input_size=8, in_channels=4, num_classes=10, **cfg_kw)
-    # Every weight drawn from `gen`: the initialisation too (it reads the global RNG, which earlier tests move),
-    # so the test sees the same model whatever ran before it.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
+    with init_from(gen):   # every weight drawn from `gen`, the initialisation too
         fused = ShortcutDiT(cfg, kernels="triton", attention="triton")
     with torch.no_grad():   # non-zero final layer and adaLN: every path carries signal and tangent
         for p in fused.parameters():
@@ -403,7 +402,7 @@ def test_model_jvp_fused_matches_reference(official, gen, device, strict_kernels
 
 @pytest.mark.parametrize("kernels, attention", [("torch", "sdpa"), ("torch", "auto"), ("triton", "sdpa"),
                                                 ("torch", "triton")])
-def test_model_jvp_every_backend(kernels, attention, gen, device):
+def test_model_jvp_every_backend(kernels, attention, gen, device, strict_kernels):
     """torch.func.jvp through ShortcutDiT equals the reference's whatever the kernels / attention backend (SDPA's
     fused CPU and GPU kernels have no forward-AD rule: the model takes its math backend under forward AD)."""
     fused, ref, _ = _models(gen, device)
@@ -462,13 +461,7 @@ def test_cuda_attention_jvp_bf16(H, head_dim, gen):
 def test_cuda_adaln_rules_bf16(gen):
     x, mods, branch = _adaln_inputs(4, 256, 1152, gen, "cuda", torch.bfloat16)
     tx, tmods, tbranch = _adaln_inputs(4, 256, 1152, gen, "cuda", torch.bfloat16)
-
-    def gated(op):
-        def fn(x, mods, branch):
-            _, _, gate, shift, scale, _ = mods.chunk(6, dim=1)
-            return op(x, branch, gate, shift, scale)
-        return fn
-    _check_jvp(gated(gated_adaln), gated(gated_adaln_ref), [x, mods, branch], [tx, tmods, tbranch],
+    _check_jvp(_gated(gated_adaln), _gated(gated_adaln_ref), [x, mods, branch], [tx, tmods, tbranch],
                torch.float64, ["x2", "h"])
 
 
@@ -476,7 +469,8 @@ def test_cuda_adaln_rules_bf16(gen):
 def test_cuda_model_jvp_under_autocast(gen):
     """DiT-XL/2 widths (head_dim 72), depth 2, bf16 autocast: fused JVP vs the reference model's."""
     cfg = ModelConfig.preset("DiT-XL/2", input_size=16, in_channels=4, num_classes=10, depth=2)
-    fused = ShortcutDiT(cfg, kernels="triton", attention="triton")
+    with init_from(gen):
+        fused = ShortcutDiT(cfg, kernels="triton", attention="triton")
     with torch.no_grad():
         for p in fused.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02)

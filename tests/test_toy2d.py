@@ -74,7 +74,6 @@ def test_evaluate_2d_reports_structure(device):
     rows = evaluate_2d(model, "checkerboard", steps=(1, 2), n=256, device=device)
     assert [r["steps"] for r in rows] == [1, 2]
     assert set(rows[0]) == {"steps", "energy", "swd", "support", "coverage", "spread"}
-    assert 0.0 <= rows[0]["support"] <= 1.0 and 0.0 <= rows[0]["coverage"] <= 1.0
 
 
 def test_cli_starts_2d_runs_from_the_toy_defaults(tmp_path, capsys):
