@@ -62,3 +62,8 @@ def no_grad_tangent(t, op):
     """t, with a backward that raises when a gradient reaches it. Applied whatever t.requires_grad says:
     under torch.func.jvp t is a functorch wrapper that reports False while the tensor inside is in a graph."""
     return _StopTangentGrad.apply(t, op)
+
+
+def or_zeros(t, like):
+    """An input's tangent, zeros when it carries none (set_materialize_grads(False) passes None)."""
+    return torch.zeros_like(like) if t is None else t

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._forward_ad import forward_ad_active
 from ._triton import can_launch, cuda_arch, fallback, launch, num_sms, triton_available
 
 MAX_D = 4096   # the backward keeps ROWS rows of D fp32 values per tensor in registers; past 4096 it spills
@@ -259,10 +260,13 @@ def _(dh, x, shift, scale, mean, rstd):
 
 
 def _adaln_modulate_setup(ctx, inputs, output):
+    """Saves (x, shift, scale, mean, rstd) for backward; returns them (the JVP rule saves them for forward too)."""
     x, shift, scale, _, _ = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, shift, scale, mean, rstd)
+    saved = (x, shift, scale, mean, rstd)
+    ctx.save_for_backward(*saved)
+    return saved
 
 
 def _adaln_modulate_backward(ctx, dh, _dmean, _drstd):
@@ -304,11 +308,14 @@ def _(dx2, dh, x2, branch, gate, shift, scale, mean, rstd, x_dtype):
 
 
 def _gated_adaln_setup(ctx, inputs, output):
+    """Saves (x2, branch, gate, shift, scale, mean, rstd) for backward; returns them (see _adaln_modulate_setup)."""
     x, branch, gate, shift, scale, _, _ = inputs
     x2, _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.x_dtype = x.dtype
-    ctx.save_for_backward(x2, branch, gate, shift, scale, mean, rstd)
+    saved = (x2, branch, gate, shift, scale, mean, rstd)
+    ctx.save_for_backward(*saved)
+    return saved
 
 
 def _gated_adaln_backward(ctx, dx2, dh, _dmean, _drstd):
@@ -382,7 +389,6 @@ def adaln_modulate(x, shift, scale, eps=1e-6, *, out_dtype=None):
     if not _use_kernel("adaln_modulate", x, shift, scale):
         h = adaln_modulate_ref(x, shift, scale, eps)
         return h if out_dtype is None else h.to(out_dtype)
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; adaln_jvp.py does
         from .adaln_jvp import adaln_modulate_dual
         return adaln_modulate_dual(x, shift, scale, float(eps), out_dtype)
@@ -401,7 +407,6 @@ def gated_adaln(x, branch, gate, shift, scale, eps=1e-6, *, out_dtype=None):
     if not _use_kernel("gated_adaln", x, branch, gate, shift, scale):
         x2, h = gated_adaln_ref(x, branch, gate, shift, scale, eps)
         return x2, (h if out_dtype is None else h.to(out_dtype))
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; adaln_jvp.py does
         from .adaln_jvp import gated_adaln_dual
         return gated_adaln_dual(x, branch, gate, shift, scale, float(eps), out_dtype)

@@ -16,9 +16,10 @@ from typing import Optional
 
 import torch
 
-from ._forward_ad import check_dual, no_grad_tangent
+from ._forward_ad import check_dual, no_grad_tangent, or_zeros
 from ._triton import launch, triton_available
-from .adaln import _adaln_modulate_bwd, _adaln_modulate_fwd, _block_and_warps, _gated_adaln_bwd, _gated_adaln_fwd
+from .adaln import (_adaln_modulate_backward, _adaln_modulate_fwd, _adaln_modulate_setup, _block_and_warps,
+                    _gated_adaln_backward, _gated_adaln_fwd, _gated_adaln_setup)
 
 if triton_available():
     import triton
@@ -98,11 +99,6 @@ def _(x2, tx, branch, tbranch, gate, tgate, scale, tscale, tshift, mean, rstd, h
     return torch.empty_like(x2), x2.new_empty(x2.shape, dtype=h_dtype)
 
 
-def _or_zeros(t, like):
-    """An input's tangent, zeros when it carries none (set_materialize_grads(False) passes None)."""
-    return torch.zeros_like(like) if t is None else t
-
-
 class AdaLNModulateFn(torch.autograd.Function):
     """adaln_modulate with forward-mode AD. Returns (h, mean, rstd); mean and rstd are not differentiable."""
 
@@ -112,27 +108,20 @@ class AdaLNModulateFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, shift, scale, _, _ = inputs
-        h, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
+        saved = _adaln_modulate_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)
-        ctx.h_dtype = h.dtype
-        ctx.save_for_backward(x, shift, scale, mean, rstd)
-        ctx.save_for_forward(x, shift, scale, mean, rstd)
+        ctx.h_dtype = output[0].dtype
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, dh, _dmean, _drstd):
-        if dh is None:
-            return None, None, None, None, None
-        x, shift, scale, mean, rstd = ctx.saved_tensors
-        dx, dshift, dscale = _adaln_modulate_bwd(dh, x, shift, scale, mean, rstd)
-        return dx, dshift, dscale, None, None
+        return (None,) * 5 if dh is None else _adaln_modulate_backward(ctx, dh, _dmean, _drstd)
 
     @staticmethod
     def jvp(ctx, tx, tshift, tscale, _teps, _tout_dtype):
         x, shift, scale, mean, rstd = ctx.saved_tensors
-        th = _adaln_modulate_tangent_op(x, _or_zeros(tx, x), scale, _or_zeros(tscale, scale),
-                                        _or_zeros(tshift, shift), mean, rstd, ctx.h_dtype)
+        th = _adaln_modulate_tangent_op(x, or_zeros(tx, x), scale, or_zeros(tscale, scale),
+                                        or_zeros(tshift, shift), mean, rstd, ctx.h_dtype)
         return no_grad_tangent(th, "adaln_modulate"), None, None
 
 
@@ -145,30 +134,23 @@ class GatedAdaLNFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, branch, gate, shift, scale, _, _ = inputs
-        x2, h, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
+        saved = _gated_adaln_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)
-        ctx.x_dtype, ctx.h_dtype = x.dtype, h.dtype
-        ctx.save_for_backward(x2, branch, gate, shift, scale, mean, rstd)
-        ctx.save_for_forward(x2, branch, gate, shift, scale, mean, rstd)
+        ctx.h_dtype = output[1].dtype
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, dx2, dh, _dmean, _drstd):
         if dx2 is None and dh is None:
             return (None,) * 7
-        x2, branch, gate, shift, scale, mean, rstd = ctx.saved_tensors
-        if dh is None:   # only x2 was used: h contributes nothing
-            dh = torch.zeros_like(x2)
-        grads = _gated_adaln_bwd(dx2, dh, x2, branch, gate, shift, scale, mean, rstd, ctx.x_dtype)
-        return (*grads, None, None)
+        return _gated_adaln_backward(ctx, dx2, dh, _dmean, _drstd)
 
     @staticmethod
     def jvp(ctx, tx, tbranch, tgate, tshift, tscale, _teps, _tout_dtype):
         x2, branch, gate, shift, scale, mean, rstd = ctx.saved_tensors
         tx2, th = _gated_adaln_tangent_op(
-            x2, _or_zeros(tx, x2), branch, _or_zeros(tbranch, branch), gate, _or_zeros(tgate, gate), scale,
-            _or_zeros(tscale, scale), _or_zeros(tshift, shift), mean, rstd, ctx.h_dtype)
+            x2, or_zeros(tx, x2), branch, or_zeros(tbranch, branch), gate, or_zeros(tgate, gate), scale,
+            or_zeros(tscale, scale), or_zeros(tshift, shift), mean, rstd, ctx.h_dtype)
         return no_grad_tangent(tx2, "gated_adaln"), no_grad_tangent(th, "gated_adaln"), None, None
 
 

@@ -38,6 +38,7 @@ import numbers
 
 import torch
 
+from ._forward_ad import forward_ad_active
 from ._triton import can_launch, cuda_arch, interpreting, launch, triton_available
 
 # Kernels are compiled for CUDA, or run by Triton's interpreter on CPU; @triton.jit picks the mode when
@@ -266,11 +267,17 @@ def _unpack(qkv):
 # ----------------------------------------------------------------------------------------------------
 # Custom ops (what torch.compile sees) and their autograd.
 # ----------------------------------------------------------------------------------------------------
+def _bhtd_like_o(q):
+    """An empty (B, H, T, Dh) view of (B, T, H, Dh) memory: the layout of the forward's o."""
+    B, H, T, Dh = q.shape
+    return q.new_empty(B, T, H, Dh).transpose(1, 2)
+
+
 @torch.library.custom_op("shortcut_kernels::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, T, Dh = q.shape
-    o = q.new_empty(B, T, H, Dh).transpose(1, 2)          # (B, H, T, Dh) view of (B, T, H, Dh) memory
+    o = _bhtd_like_o(q)
     lse = q.new_empty(B, H, T, dtype=torch.float32)
     if o.numel():
         _forward(q, k, v, o, lse, scale)
@@ -279,8 +286,7 @@ def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @_attention_fwd_op.register_fake
 def _(q, k, v, scale):
-    B, H, T, Dh = q.shape
-    return q.new_empty(B, T, H, Dh).transpose(1, 2), q.new_empty(B, H, T, dtype=torch.float32)
+    return _bhtd_like_o(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("shortcut_kernels::attention_bwd", mutates_args=())
@@ -298,11 +304,14 @@ def _(do, q, k, v, o, lse, scale):
 
 
 def _attention_setup(ctx, inputs, output):
+    """Saves (q, k, v, o, lse) for backward; returns them (the JVP rule saves them for forward too)."""
     q, k, v, scale = inputs
     o, lse = output
     ctx.mark_non_differentiable(lse)   # saves autograd a zeros(B, H, T) for its unused gradient
-    ctx.save_for_backward(q, k, v, o, lse)
+    saved = (q, k, v, o, lse)
+    ctx.save_for_backward(*saved)
     ctx.scale = scale
+    return saved
 
 
 def _attention_grad(ctx, do, dlse):
@@ -345,11 +354,14 @@ def _(do, qkv, o, lse, scale):
 
 
 def _attention_qkvpacked_setup(ctx, inputs, output):
+    """Saves (qkv, o, lse) for backward; returns them (see _attention_setup)."""
     qkv, scale = inputs
     o, lse = output
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(qkv, o, lse)
+    saved = (qkv, o, lse)
+    ctx.save_for_backward(*saved)
     ctx.scale = scale
+    return saved
 
 
 def _attention_qkvpacked_grad(ctx, do, dlse):
@@ -372,7 +384,6 @@ def attention(q, k, v, scale=None):
     (torch.func.jvp) the tangent comes from the JVP kernel in attention_jvp.py.
     """
     scale = _check_qkv(q, k, v, scale)
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the JVP kernel (attention_jvp.py)
         from .attention_jvp import attention_dual
         return attention_dual(q, k, v, scale)
@@ -387,7 +398,6 @@ def attention_qkvpacked(qkv, scale=None):
     Forward-mode AD (torch.func.jvp) runs the JVP kernel of attention_jvp.py.
     """
     scale = _check_qkvpacked(qkv, scale)
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the JVP kernel (attention_jvp.py)
         from .attention_jvp import attention_qkvpacked_dual
         return attention_qkvpacked_dual(qkv, scale)

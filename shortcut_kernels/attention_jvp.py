@@ -28,11 +28,13 @@ attention_kernels.py; its launch configurations, per mode and GPU architecture, 
 """
 import torch
 
-from ._forward_ad import check_dual, no_grad_tangent
+from ._forward_ad import check_dual, no_grad_tangent, or_zeros
 from ._triton import launch, triton_available
-from .attention import (LOG2E, _arch, _attention_bwd_op, _attention_fwd_op, _attention_qkvpacked_bwd_op,
-                        _attention_qkvpacked_fwd_op, _bh_bucket, _check_qkv, _check_qkvpacked, _dot_precision,
-                        _forward, _head_blocks, _tuned, _unpack, _width, attention_ref)
+from .attention import (LOG2E, _arch, _attention_fwd_op, _attention_grad,
+                        _attention_qkvpacked_bwd_op, _attention_qkvpacked_fwd_op, _attention_qkvpacked_grad,
+                        _attention_qkvpacked_setup, _attention_setup, _bh_bucket, _bhtd_like_o, _check_qkv,
+                        _check_qkvpacked, _dot_precision, _forward, _head_blocks, _tuned, _unpack, _width,
+                        attention_ref)
 
 if triton_available():
     import triton
@@ -80,12 +82,6 @@ def _jvp(q, k, v, tq, tk, tv, o, t_o, lse, scale, primal_known):
            ALIGN=_alignment(operands))
 
 
-def _bhtd_like_o(q):
-    """An empty (B, H, T, Dh) view of (B, T, H, Dh) memory: the layout of the forward's o."""
-    B, H, T, Dh = q.shape
-    return q.new_empty(B, T, H, Dh).transpose(1, 2)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Custom ops. The one-pass ops give o a gradient through the forward's backward ops; a gradient reaching
 # t_o raises. The tangent-only ops (what the JVP rules call) have no autograd: see no_grad_tangent.
@@ -123,9 +119,7 @@ def _attention_jvp_grad(ctx, do, dt_o, _dlse):
         _tangent_grad_error("attention_jvp")
     if do is None:
         return None, None, None, None, None, None, None
-    q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.scale)
-    return dq, dk, dv, None, None, None, None
+    return (*_attention_grad(ctx, do, None)[:3], None, None, None, None)   # the same saved tensors and scale
 
 
 _attention_jvp_op.register_autograd(_attention_jvp_grad, setup_context=_attention_jvp_setup)
@@ -207,26 +201,18 @@ class AttentionFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, scale = inputs
-        o, lse = output
-        ctx.mark_non_differentiable(lse)
+        saved = _attention_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)   # a tangent of None: that input carries none (zeros are passed on)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.save_for_forward(q, k, v, o, lse)
-        ctx.scale = scale
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        if do is None:
-            return None, None, None, None
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.scale)
-        return dq, dk, dv, None
+        return (None,) * 4 if do is None else _attention_grad(ctx, do, _dlse)
 
     @staticmethod
     def jvp(ctx, tq, tk, tv, _tscale):
         q, k, v, o, lse = ctx.saved_tensors
-        tq, tk, tv = (torch.zeros_like(x) if t is None else t for x, t in ((q, tq), (k, tk), (v, tv)))
+        tq, tk, tv = (or_zeros(t, x) for x, t in ((q, tq), (k, tk), (v, tv)))
         t_o = _attention_tangent_op(q, k, v, o, lse, tq, tk, tv, ctx.scale)
         return no_grad_tangent(t_o, "attention"), None
 
@@ -240,20 +226,13 @@ class AttentionQKVPackedFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        qkv, scale = inputs
-        o, lse = output
-        ctx.mark_non_differentiable(lse)
+        saved = _attention_qkvpacked_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(qkv, o, lse)
-        ctx.save_for_forward(qkv, o, lse)
-        ctx.scale = scale
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        if do is None:
-            return None, None
-        qkv, o, lse = ctx.saved_tensors
-        return _attention_qkvpacked_bwd_op(do, qkv, o, lse, ctx.scale), None
+        return (None,) * 2 if do is None else _attention_qkvpacked_grad(ctx, do, _dlse)
 
     @staticmethod
     def jvp(ctx, tqkv, _tscale):

@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._forward_ad import forward_ad_active
 from ._triton import can_launch, cuda_arch, fallback, interpreting, launch, triton_available
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -369,9 +370,12 @@ def _(da, t, k, w1_t, w1_k, t_scale, k_scale, max_period):
 
 
 def _embed_hidden_setup(ctx, inputs, output):
+    """Saves (t, k, w1_t, w1_k) for backward; returns them (the JVP rule saves them for forward too)."""
     t, k, w1_t, _, w1_k, _, t_scale, k_scale, max_period, _ = inputs
-    ctx.save_for_backward(t, k, w1_t, w1_k)
+    saved = (t, k, w1_t, w1_k)
+    ctx.save_for_backward(*saved)
     ctx.scales = (t_scale, k_scale, max_period)
+    return saved
 
 
 def _embed_hidden_backward(ctx, da):
@@ -428,8 +432,11 @@ def _(dc, ds, c, a, w2_t, w2_k, table, y):
 
 
 def _embed_sum_setup(ctx, inputs, output):
+    """Saves (c, a, w2_t, w2_k, table, y) for backward; returns them (see _embed_hidden_setup)."""
     a, w2_t, _, w2_k, _, table, y, _, _ = inputs
-    ctx.save_for_backward(output[0], a, w2_t, w2_k, table, y)
+    saved = (output[0], a, w2_t, w2_k, table, y)
+    ctx.save_for_backward(*saved)
+    return saved
 
 
 def _embed_sum_backward(ctx, dc, ds):
@@ -469,7 +476,6 @@ def timestep_features(t, k, dim=256, t_scale=1.0, k_scale=1.0, max_period=10000.
     if not can_launch(t.device):
         fallback("timestep_features", f"tensors on {t.device}; kernels run on CUDA, or on CPU under TRITON_INTERPRET")
         return timestep_features_ref(t, k, dim, t_scale, k_scale, max_period)
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the custom op has no JVP rule; conditioning_jvp.py does
         from .conditioning_jvp import timestep_features_dual
         return timestep_features_dual(t.contiguous(), k.contiguous(), dim, float(t_scale), float(k_scale),
@@ -543,7 +549,6 @@ def embed_conditioning(t, k, y, t_mlp, k_mlp, table, t_scale=1.0, k_scale=1.0, m
     # parameters and ordinary batches).
     w1_t, b1_t, w2_t, b2_t = t_mlp
     w1_k, b1_k, w2_k, b2_k = k_mlp
-    from ._forward_ad import forward_ad_active
     if forward_ad_active():   # torch.func.jvp / forward_ad: the custom ops have no JVP rule; conditioning_jvp.py does
         from .conditioning_jvp import embed_conditioning_dual
         return embed_conditioning_dual(t, k, y, t_mlp, k_mlp, table, float(t_scale), float(k_scale),

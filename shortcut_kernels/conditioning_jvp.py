@@ -13,14 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ._forward_ad import check_dual, no_grad_tangent
-from .conditioning import (_embed_hidden_bwd, _embed_hidden_op, _embed_sum_bwd, _embed_sum_op, _frequencies,
-                           _timestep_features_op)
-
-
-def _silu_grad(x):
-    """d SiLU(x) / dx = σ(x)·(1 + x·(1 − σ(x)))."""
-    s = torch.sigmoid(x)
-    return s * (1 + x * (1 - s))
+from .conditioning import (_embed_hidden_backward, _embed_hidden_op, _embed_hidden_setup, _embed_sum_backward,
+                           _embed_sum_op, _embed_sum_setup, _frequencies, _timestep_features_op)
 
 
 def _feature_tangent(f, tv, max_period):
@@ -74,20 +68,14 @@ class EmbedHiddenFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        t, k, w1_t, _, w1_k, _, t_scale, k_scale, max_period, _ = inputs
+        saved = _embed_hidden_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(t, k, w1_t, w1_k)
-        ctx.save_for_forward(t, k, w1_t, w1_k)
-        ctx.scales = (t_scale, k_scale, max_period)
+        ctx.save_for_forward(*saved)
         ctx.dtype = output.dtype
 
     @staticmethod
     def backward(ctx, da):
-        if da is None:
-            return (None,) * 10
-        t, k, w1_t, w1_k = ctx.saved_tensors
-        dw1_t, db1_t, dw1_k, db1_k = _embed_hidden_bwd(da, t, k, w1_t, w1_k, *ctx.scales)
-        return None, None, dw1_t, db1_t, dw1_k, db1_k, None, None, None, None
+        return (None,) * 10 if da is None else _embed_hidden_backward(ctx, da)
 
     @staticmethod
     def jvp(ctx, tt, tk, tw1_t, tb1_t, tw1_k, tb1_k, *_):
@@ -115,19 +103,14 @@ class EmbedSumFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, w2_t, _, w2_k, _, table, y, _, _ = inputs
-        c, s = output
+        saved = _embed_sum_setup(ctx, inputs, output)   # the custom op's, then what the JVP needs
         ctx.set_materialize_grads(False)
-        ctx.s_dtype = s.dtype
-        ctx.save_for_backward(c, a, w2_t, w2_k, table, y)
-        ctx.save_for_forward(c, a, w2_t, w2_k, table, y)
+        ctx.s_dtype = output[1].dtype
+        ctx.save_for_forward(*saved)
 
     @staticmethod
-    def backward(ctx, dc, ds):
-        if dc is None and ds is None:
-            return (None,) * 9
-        c, a, w2_t, w2_k, table, y = ctx.saved_tensors
-        return (*_embed_sum_bwd(dc, ds, c, a, w2_t, w2_k, table, y), None, None, None)
+    def backward(ctx, dc, ds):   # _embed_sum_bwd takes None for an unused output
+        return (None,) * 9 if dc is None and ds is None else _embed_sum_backward(ctx, dc, ds)
 
     @staticmethod
     def jvp(ctx, ta, tw2_t, tb2_t, tw2_k, tb2_k, ttable, *_):
@@ -137,7 +120,7 @@ class EmbedSumFn(torch.autograd.Function):
             h = F.silu(af).to(a.dtype).float()        # the kernel's SiLU(a), rounded like the reference's
             tc = torch.zeros(c.shape, dtype=torch.float32, device=c.device)
             if ta is not None:
-                th = _silu_grad(af) * ta.float()                                           # (2, B, D)
+                th = torch.ops.aten.silu_backward(ta.float(), af)                     # (2, B, D)
                 tc += th[0] @ w2_t.float().T + th[1] @ w2_k.float().T
             for hi, tw, tb in ((h[0], tw2_t, tb2_t), (h[1], tw2_k, tb2_k)):
                 if tw is not None:
@@ -146,7 +129,7 @@ class EmbedSumFn(torch.autograd.Function):
                     tc += tb.float()
             if ttable is not None:
                 tc += ttable.float()[y]
-            ts = _silu_grad(c.float()) * tc
+            ts = torch.ops.aten.silu_backward(tc, c.float())
         return (no_grad_tangent(tc.to(c.dtype), "embed_conditioning"),
                 no_grad_tangent(ts.to(ctx.s_dtype), "embed_conditioning"))
 
