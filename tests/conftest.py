@@ -119,3 +119,27 @@ def init_from(gen):
         torch.manual_seed(int(torch.randint(2 ** 31, (1,), generator=gen)))
         yield
 
+
+def load_bench(name):
+    """bench/NAME.py as a module. bench/ is not a package and its modules have generic names (common, report):
+    loaded by path under unique names instead of putting bench/ on sys.path for every test."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_tiny_dit(gen, device=None, kernels="torch", num_classes=5, **overrides):
+    """The "tiny" ShortcutDiT on 3×8×8 inputs with every weight random (its initialisation from `gen`, then
+    N(0, 0.1²) added to every parameter: adaLN-Zero and the zero final layer would make v̂ = 0), in eval mode."""
+    from shortcut import ModelConfig, ShortcutDiT
+    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=num_classes, **overrides)
+    with init_from(gen):
+        model = ShortcutDiT(cfg, kernels=kernels).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.to(device or DEVICE)
+

@@ -2,9 +2,9 @@
 steps for models that ignore k, and the samplers and CLI that take them."""
 import pytest
 import torch
-from conftest import cli_error
+from conftest import cli_error, random_tiny_dit
 
-from shortcut import GraphSampler, ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, sample, step_schedule, train
+from shortcut import GraphSampler, ObjectiveConfig, TrainConfig, sample, step_schedule, train
 from shortcut.cli import main
 from shortcut.graph import sample_cached
 from shortcut.sampler import check_steps
@@ -12,12 +12,7 @@ from shortcut.train import CHECKPOINT
 
 
 def _model(gen, device, **overrides):
-    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5, **overrides)
-    model = ShortcutDiT(cfg, kernels="torch").eval()
-    with torch.no_grad():   # every weight random: the zero-initialised final layer would make v̂ = 0
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(device)
+    return random_tiny_dit(gen, device, **overrides)
 
 
 @pytest.mark.parametrize("n,expected", [

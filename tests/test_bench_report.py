@@ -1,5 +1,4 @@
 """The benchmark tooling: report tables, result loading, the timing helper, model FLOPs, the one command."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -7,23 +6,15 @@ import sys
 
 import pytest
 import torch
+from conftest import load_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 
 
-def _load(name):
-    # bench/ is not a package and its modules have generic names (common, report): load them by path
-    # under unique names instead of putting bench/ on sys.path for every test.
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("report")
-common = _load("common")
-flops = _load("flops")
+report = load_bench("report")
+common = load_bench("common")
+flops = load_bench("flops")
 
 DOC = {
     "date": "2025-06-01T14:32:05+00:00",

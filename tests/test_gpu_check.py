@@ -1,6 +1,5 @@
 """bench/gpu_check.py, the one GPU command: its dry run end to end (CI runs it, so the command cannot rot between
 GPU runs), stage timeouts and the budget, and the scorecard's verdicts against the SPEC §6 thresholds."""
-import importlib.util
 import json
 import math
 import os
@@ -10,25 +9,23 @@ import sys
 import pytest
 import torch
 
-from conftest import ATOL
+from conftest import ATOL, load_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 SCRIPT = os.path.join(BENCH, "gpu_check.py")
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+scorecard = load_bench("scorecard")
 
 
-scorecard = _load("scorecard")
-
-
-def _run(args, timeout=300):
+def _run(args, timeout=300, no_gpu=False):
+    """bench/gpu_check.py ARGS. no_gpu: as on a machine with neither a GPU nor the interpreter (the GPU plan
+    with nothing to run it on)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
+    if no_gpu:
+        env.pop("TRITON_INTERPRET", None)
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -118,13 +115,10 @@ def test_the_default_gpu_plan_skips_the_jvp_stage(tmp_path, monkeypatch):
     # No --full, no --dry-run: perf_jvp is skipped before any process starts, the report says why, and the skip
     # does not fail the run. The default plan and its 7-minute budget are unchanged.
     monkeypatch.setattr(sys, "path", list(sys.path))   # gpu_check puts bench/ on the path: undo it afterwards
-    gpu_check = _load("gpu_check")
+    gpu_check = load_bench("gpu_check")
     assert gpu_check.BUDGET_S["gpu"] == 400.0
     assert [s.name for s in gpu_check.STAGES if s.full_only] == ["perf_jvp"]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, SCRIPT, "--stages", "perf_jvp", "--out", str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = _run(["--stages", "perf_jvp", "--out", str(tmp_path)], timeout=120, no_gpu=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _, _, doc = _doc(tmp_path)
     assert [(s["name"], s["status"], s["by_plan"]) for s in doc["stages"]] == [("perf_jvp", "skipped", True)]
@@ -158,10 +152,7 @@ def test_gpu_plan_splits_correctness_over_processes(tmp_path):
     # The GPU path of the correctness stage (one process per op, attention in 4 shards, the model in 2) on a
     # machine without one: no interpreter and no GPU, so every check fails fast, each with its reason; what
     # this proves is the plan: every process ran its share and came back.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, SCRIPT, "--stages", "correctness", "--out", str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = _run(["--stages", "correctness", "--out", str(tmp_path)], no_gpu=True)
     assert proc.returncode == 1, proc.stderr[-2000:]
     stem, _, doc = _doc(tmp_path)
     assert [(s["name"], s["status"]) for s in doc["stages"]] == [("correctness", "ok")]
@@ -180,7 +171,7 @@ def test_gpu_plan_splits_correctness_over_processes(tmp_path):
 
 def test_bad_arguments_are_rejected(capsys, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))   # gpu_check puts bench/ on the path: undo it afterwards
-    gpu_check = _load("gpu_check")
+    gpu_check = load_bench("gpu_check")
     for argv, message in ((["--stages", "env,bogus"], "unknown stage(s) ['bogus']"),
                           (["--timeout", "env=0"], "SECONDS > 0"), (["--timeout", "nope=3"], "unknown stage 'nope'"),
                           (["--budget-s", "-1", "--dry-run"], "--budget-s must be > 0")):
@@ -190,7 +181,7 @@ def test_bad_arguments_are_rejected(capsys, monkeypatch):
 
 
 def test_atol_table_is_the_tests_one():
-    check_kernels = _load("check_kernels")
+    check_kernels = load_bench("check_kernels")
     assert check_kernels.ATOL == ATOL
 
 

@@ -2,19 +2,14 @@
 own dtype by default on the CPU, a new capture when the kernels / attention backend change."""
 import pytest
 import torch
-from conftest import cuda
+from conftest import cuda, random_tiny_dit
 
-from shortcut import GraphSampler, ModelConfig, ShortcutDiT, sample
+from shortcut import GraphSampler, sample
 from shortcut.graph import _cached_graphs
 
 
 def _model(gen, device):
-    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5)
-    model = ShortcutDiT(cfg, kernels="torch").eval()
-    with torch.no_grad():   # every weight random: the zero-initialised final layer would make v̂ = 0
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(device)
+    return random_tiny_dit(gen, device)
 
 
 def test_any_floating_noise_is_cast_into_the_buffer(gen, device):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, assert_close_rel, assert_replay_matches, cuda
+from conftest import DEVICE, assert_close_rel, assert_replay_matches, cuda, random_tiny_dit
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import shortcut.graph as graph_mod
@@ -18,12 +18,7 @@ from shortcut.graph import (ConditioningCache, _cached_graphs, _hash32, _mul32, 
 
 def _model(gen, kernels="torch", num_classes=5, device=DEVICE, **overrides):
     """A tiny DiT with every weight random (adaLN-Zero and the zero final layer would make v̂ = 0)."""
-    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=num_classes, **overrides)
-    model = ShortcutDiT(cfg, kernels=kernels).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(device)
+    return random_tiny_dit(gen, device, kernels, num_classes, **overrides)
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
-from conftest import cli_error
+from conftest import cli_error, random_tiny_dit
 
-from shortcut import (GraphSampler, ModelConfig, ObjectiveConfig, ShortcutDiT, TrainConfig, from_pretrained, sample,
+from shortcut import (GraphSampler, ObjectiveConfig, ShortcutDiT, TrainConfig, from_pretrained, sample,
                       save_pretrained, step_schedule, train)
 from shortcut.cli import main
 from shortcut.sampler import guidance_scales
@@ -64,11 +64,7 @@ def test_explicit_scale_needs_a_trained_null_label():
 
 
 def _dit(gen, device):
-    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5)
-    model = ShortcutDiT(cfg, kernels="torch").eval()
-    with torch.no_grad():   # every weight random: the zero-initialised final layer would make v̂ = 0
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    model = random_tiny_dit(gen, device)
     model.guidance = dict(DISTILLED)
     return model.to(device)
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import random_tiny_dit
 
 from shortcut import (GraphSampler, ModelConfig, ObjectiveConfig, ShortcutDiT, ShortcutMLP, TrainConfig,
                       from_pretrained, sample, save_pretrained, train)
@@ -15,12 +16,7 @@ from shortcut.train import CHECKPOINT, build_model, load_checkpoint, model_from_
 
 
 def _dit(gen, device, kernels="torch", ignore_k=True):
-    cfg = ModelConfig.preset("tiny", input_size=8, in_channels=3, num_classes=5, ignore_k=ignore_k)
-    model = ShortcutDiT(cfg, kernels=kernels).eval()
-    with torch.no_grad():   # every weight random: the zero-initialised final layer would make v̂ = 0
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(device)
+    return random_tiny_dit(gen, device, kernels, ignore_k=ignore_k)
 
 
 def _inputs(gen, device):
